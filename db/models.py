@@ -1,0 +1,144 @@
+"""Tables: studies (the worklist rows), instances (what was received), results (what a model said)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime, timezone
+
+from sqlalchemy import (JSON, Boolean, Date, DateTime, Enum, Float, ForeignKey, Integer, String,
+                        Text, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True)}
+
+
+class InstanceStatus(str, enum.Enum):
+    RECEIVED = "RECEIVED"  # committed (spool + row); not yet handed to the queue
+    QUEUED = "QUEUED"  # a task was published
+    PROCESSING = "PROCESSING"  # a worker claimed it
+    DONE = "DONE"  # scored
+    NOT_ANALYSED = "NOT_ANALYSED"  # readable, but not something the model may score (lateral view, not chest…)
+    FAILED = "FAILED"  # permanent error (no or unreadable pixels…): the dead-letter record
+
+    @classmethod
+    def unfinished(cls) -> tuple["InstanceStatus", ...]:
+        return (cls.RECEIVED, cls.QUEUED, cls.PROCESSING)
+
+
+class StudyStatus(str, enum.Enum):
+    PENDING = "PENDING"
+    DONE = "DONE"
+    NOT_ANALYSED = "NOT_ANALYSED"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(cls, name=name, native_enum=False, length=16, validate_strings=True)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    study_description: Mapped[str] = mapped_column(String(256), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), default=StudyStatus.PENDING)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    flag: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    flagged_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    instances: Mapped[list["Instance"]] = relationship(back_populates="study", order_by="Instance.id")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    view_position: Mapped[str] = mapped_column(String(16), default="")
+    spool_path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    receive_count: Mapped[int] = mapped_column(Integer, default=1)  # a duplicate bumps it: stale work is dropped
+    status: Mapped[InstanceStatus] = mapped_column(
+        _enum(InstanceStatus, "instance_status"), default=InstanceStatus.RECEIVED, index=True
+    )
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # technical detail, never patient data
+    assumptions: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The current result, copied from ``results`` (which keeps one row per model version) for cheap queries.
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class Result(Base):
+    """What one model version said about one instance; upserted, so a redelivered task never adds a row."""
+
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("instance_id", "model_sha256", name="uq_results_instance_model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    flag: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """Every model that produced results, so the page can say which were untrained."""
+
+    __tablename__ = "model_versions"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(128))
+    trained: Mapped[bool] = mapped_column(Boolean)
+    threshold: Mapped[float] = mapped_column(Float)
+    metadata_json: Mapped[dict] = mapped_column(JSON)
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Rejection(Base):
+    """A C-STORE or import we refused; the payload is kept in the data folder for a person to look at."""
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    payload_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,47 @@
+"""Inference: a loaded checkpoint on the best device, scoring batches of preprocessed inputs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.checkpoint import CheckpointMetadata, load_checkpoint
+from model.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str = "") -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Classifier:
+    """Loaded once per worker process; ``score`` returns the positive-class probability per input."""
+
+    def __init__(self, checkpoint_path: Path, device: str = "") -> None:
+        loaded = load_checkpoint(checkpoint_path)
+        self.metadata: CheckpointMetadata = loaded.metadata
+        self.sha256 = loaded.sha256
+        self.path = loaded.path
+        self.device = pick_device(device)
+        self.preprocess: PreprocessSpec = loaded.metadata.preprocess_spec
+        self.network = loaded.network.to(self.device, memory_format=torch.channels_last)
+        log.info("model %s (sha256 %s…) on %s", self.version, self.sha256[:12], self.device)
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+    @torch.inference_mode()
+    def score(self, batch: torch.Tensor) -> np.ndarray:
+        """Positive-class probabilities for a (N, 3, H, W) batch."""
+        inputs = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+            logits = self.network(inputs)
+        probabilities = torch.softmax(logits.float(), dim=1)[:, self.metadata.positive_class]
+        return probabilities.cpu().numpy()

@@ -1,0 +1,48 @@
+"""Display image → model input. One function, shared by training and serving, so they cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a [0, 1] grayscale display image becomes the network input; stored in every checkpoint."""
+
+    size: int = 224
+    resize: str = "stretch"  # the whole image to size×size, aspect not kept (as the training data was made)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "PreprocessSpec":
+        if data.get("resize", "stretch") != "stretch":
+            raise ValueError(f"unsupported resize mode {data.get('resize')!r}")
+        return cls(
+            size=int(data["size"]),  # type: ignore[arg-type]
+            resize="stretch",
+            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[union-attr]
+            std=tuple(float(v) for v in data["std"]),  # type: ignore[union-attr]
+        )
+
+
+def to_model_input(display: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    """A (3, size, size) float32 tensor from a 2-D display image in [0, 1] (antialiased bilinear resize)."""
+    if display.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {display.shape}")
+    image = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None]
+    resized = F.interpolate(image, size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
+    resized = resized.clamp_(0.0, 1.0)[0].expand(3, -1, -1)
+    mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
+    return ((resized - mean) / std).contiguous()

@@ -1,0 +1,1 @@
+"""cxr-triage composition root: settings, CLI and demo wire the other packages together."""

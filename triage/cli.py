@@ -1,0 +1,200 @@
+"""The ``cxr-triage`` command line: run the parts (together or alone), read the worklist, backfill files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from db import queries
+from triage.runtime import configure_logging, listener_config, settings_env, worker_config
+from triage.settings import Settings
+
+app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (triage support, not a diagnosis).",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+console = Console()
+
+UNTRAINED_BANNER = "UNTRAINED MODEL — scores are meaningless"
+TRIAGE_NOTICE = "Triage support only — not a diagnosis."
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _wait_for_stop() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """The Celery worker in a child process: torch and CUDA never load in the listener's process."""
+    env = {**os.environ, **settings_env(settings)}
+    return subprocess.Popen([sys.executable, "-m", "triage", "worker"], env=env)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def web_server(settings: Settings) -> uvicorn.Server:
+    from worklist.app import create_app
+
+    config = uvicorn.Config(create_app(settings.effective_database_url), host=settings.web_host,
+                            port=settings.web_port, log_level=settings.log_level.lower())
+    return uvicorn.Server(config)
+
+
+@app.command()
+def serve() -> None:
+    """Listener, worker and web page together (the single-machine form)."""
+    from worker.services import IngestService
+
+    settings = _settings()
+    ingest = IngestService(worker_config(settings), listener_config(settings))
+    ingest.start()
+    worker = start_worker_process(settings)
+    try:
+        console.print(f"worklist at http://{settings.web_host}:{settings.web_port}/  "
+                      f"DICOM {settings.dicom_ae_title}@{settings.dicom_host}:{settings.dicom_port}")
+        web_server(settings).run()
+    finally:
+        stop_process(worker)
+        ingest.stop()
+
+
+@app.command()
+def listen() -> None:
+    """The DICOM listener and the outbox sweeper (fleet form)."""
+    from worker.services import IngestService
+
+    settings = _settings()
+    ingest = IngestService(worker_config(settings), listener_config(settings))
+    ingest.start()
+    try:
+        _wait_for_stop()
+    finally:
+        ingest.stop()
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="Celery pool: solo (one per GPU), prefork or threads.")] = "solo",
+    concurrency: Annotated[int, typer.Option(help="Processes or threads (solo: 1).")] = 1,
+    queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues (default: triage).")] = None,
+) -> None:
+    """A Celery worker that classifies queued instances (fleet form)."""
+    from worker.services import run_worker
+
+    settings = _settings()
+    run_worker(worker_config(settings), pool=pool, concurrency=concurrency, loglevel=settings.log_level,
+               queues=queues)
+
+
+@app.command()
+def web() -> None:
+    """The worklist web page and REST API (fleet form)."""
+    settings = _settings()
+    web_server(settings).run()
+
+
+@app.command("import")
+def import_files(paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")]
+                 ) -> None:
+    """Backfill DICOM files from disk through the same commit point as a C-STORE."""
+    from worker.services import IngestService
+
+    settings = _settings()
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()))]
+    if not files:
+        console.print("[red]no files found[/red]")
+        raise typer.Exit(2)
+    ingest = IngestService(worker_config(settings))
+    try:
+        committed = sum(ingest.import_file(path) is not None for path in files)
+    finally:
+        ingest.stop()
+    console.print(f"committed {committed} of {len(files)} file(s)")
+    if committed < len(files):
+        raise typer.Exit(1)
+
+
+@app.command("worklist")
+def show_worklist(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    status: Annotated[Optional[str], typer.Option(help="PENDING, DONE or NOT_ANALYSED.")] = None,
+    flagged: Annotated[bool, typer.Option("--flagged", help="Only flagged studies.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many studies.")] = 200,
+) -> None:
+    """Print the prioritized worklist."""
+    from worker.services import open_database
+
+    settings = _settings()
+    engine, sessions = open_database(settings.effective_database_url)
+    with sessions() as session:
+        entries = queries.worklist(session, status=status, flagged=True if flagged else None, limit=limit)
+        untrained = queries.untrained_models_in_use(session)
+    engine.dispose()
+    if as_json:
+        print(json.dumps([entry.to_dict() for entry in entries], indent=2))
+        return
+    print_worklist(entries, untrained)
+
+
+def print_worklist(entries: list[queries.WorklistEntry], untrained: bool) -> None:
+    if untrained:
+        console.print(f"[bold white on red] {UNTRAINED_BANNER} [/]")
+    table = Table(title="Worklist (flagged first, then arrival order)", caption=TRIAGE_NOTICE)
+    for column in ("flag", "score", "status", "patient", "accession", "description", "images", "received",
+                   "model"):
+        table.add_column(column)
+    for e in entries:
+        status = f"not analysed: {e.reason}" if e.status == "NOT_ANALYSED" else e.status.lower()
+        table.add_row(
+            "[bold red]FLAGGED[/]" if e.flag else "—",
+            f"{e.score:.3f}" if e.score is not None else "",
+            status,
+            f"{e.patient_name} ({e.patient_id})",
+            e.accession_number,
+            e.study_description,
+            str(e.images),
+            e.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            (e.model_version or "") + (" (untrained)" if e.model_trained is False else ""),
+        )
+    console.print(table)
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option("--once", help="Exit after printing the worklist.")] = False,
+    source: Annotated[Optional[Path], typer.Option(help="Folder of DICOM files to send.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 600.0,
+) -> None:
+    """Start everything, send chest X-rays over DICOM, wait for the results, show the worklist."""
+    from triage.demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(), once=once, source=source, timeout=timeout))
+
+
+if __name__ == "__main__":
+    app()

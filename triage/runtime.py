@@ -1,0 +1,58 @@
+"""Settings → the configuration objects of the parts (the only place that knows both sides)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dicom_io.listener import ListenerConfig
+from triage.settings import Settings
+from worker.config import WorkerConfig
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    settings.ensure_dirs()
+    return WorkerConfig(
+        database_url=settings.effective_database_url,
+        broker_url=settings.effective_broker_url,
+        spool_dir=settings.spool_dir.resolve(),
+        rejected_dir=(settings.data_dir / "rejected").resolve(),
+        queue_dir=settings.queue_dir,
+        model_path=Path(settings.model).resolve() if settings.model else None,
+        model_cache_dir=settings.model_cache_dir.resolve(),
+        device=settings.device,
+        threshold=settings.threshold,
+        requeue_after_s=settings.requeue_after_s,
+        sweep_interval_s=settings.sweep_interval_s,
+        max_retries=settings.task_max_retries,
+    )
+
+
+def listener_config(settings: Settings) -> ListenerConfig:
+    return ListenerConfig(
+        ae_title=settings.dicom_ae_title,
+        host=settings.dicom_host,
+        port=settings.dicom_port,
+        allowed_calling_aets=list(settings.allowed_calling_aets),
+        accept_secondary_capture=settings.accept_secondary_capture,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as TRIAGE_* variables, so a child process sees exactly what this one resolved."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(value)
+        elif isinstance(value, Path):
+            value = str(value.resolve())
+        env[f"TRIAGE_{name.upper()}"] = str(value)
+    return env
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

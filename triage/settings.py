@@ -1,0 +1,76 @@
+"""The one settings object, read from the environment (prefix ``TRIAGE_``) and an optional ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    """Every knob of a deployment; a fleet differs from a single machine only in these values."""
+
+    model_config = SettingsConfigDict(env_prefix="TRIAGE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./var"), description="Spool, SQLite files, embedded queue, model cache.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = SQLite file in data_dir.")
+    broker_url: str = Field("", description="Celery broker URL; empty = embedded filesystem queue in data_dir.")
+
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_ae_title: str = "CXR_TRIAGE"
+    allowed_calling_aets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate; empty = any AE title, but only from loopback.",
+    )
+    accept_secondary_capture: bool = True
+
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+
+    model: str = Field("", description="Checkpoint path; empty = the shipped default.")
+    threshold: float | None = Field(None, description="Site override of the checkpoint's operating threshold.")
+    device: str = Field("", description="torch device for inference; empty = cuda when available, else cpu.")
+
+    sweep_interval_s: float = Field(10.0, description="How often the outbox sweeper looks for stranded instances.")
+    requeue_after_s: float = Field(
+        600.0, description="An instance queued or in progress this long without a result is enqueued again."
+    )
+    task_max_retries: int = 5
+    log_level: str = "INFO"
+
+    @field_validator("allowed_calling_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @cached_property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @cached_property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'triage.sqlite3').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def queue_dir(self) -> Path:
+        return (self.data_dir / "queue").resolve()
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.spool_dir, self.model_cache_dir, self.queue_dir):
+            path.mkdir(parents=True, exist_ok=True)

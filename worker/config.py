@@ -1,0 +1,28 @@
+"""What the worker side needs to know, handed over by the composition root (``triage``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    database_url: str
+    broker_url: str
+    spool_dir: Path
+    rejected_dir: Path
+    queue_dir: Path
+    model_path: Path | None  # None = the shipped default
+    model_cache_dir: Path
+    device: str = ""
+    threshold: float | None = None  # site override of the checkpoint's threshold
+    requeue_after_s: float = 600.0
+    received_grace_s: float = 5.0
+    sweep_interval_s: float = 10.0
+    max_attempts: int = 3  # claims per received copy before it is a poison message
+    max_retries: int = 5
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem")

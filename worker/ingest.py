@@ -1,0 +1,83 @@
+"""The commit point: spool file and database row, then (best effort) a task. Used by C-STORE and import."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from dicom_io.listener import OutOfResources, ReceivedInstance, RejectedInstance
+from dicom_io.spool import Spool
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[queries.WorkItem], None]
+
+
+class Ingestor:
+    """Implements dicom_io's Receiver: makes an instance durable before the sender hears 0x0000."""
+
+    def __init__(self, spool: Spool, sessions: sessionmaker[Session], rejected_dir: Path, publish: Publish) -> None:
+        self.spool = spool
+        self.sessions = sessions
+        self.rejected_dir = rejected_dir
+        self.publish = publish
+
+    def commit(self, instance: ReceivedInstance) -> queries.WorkItem:
+        header = instance.header
+        try:
+            path = self.spool.write(header.sop_instance_uid, instance.data)
+        except OSError as exc:
+            raise OutOfResources(f"spool write failed: {exc.strerror or exc}") from exc
+        record = queries.ReceivedRecord(
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            modality=header.modality,
+            body_part=header.body_part,
+            view_position=header.view_position,
+            patient_name=header.patient_name,
+            patient_id=header.patient_id,
+            accession_number=header.accession_number,
+            study_date=header.study_date,
+            study_description=header.study_description,
+            spool_path=str(path),
+            size_bytes=len(instance.data),
+            calling_ae=instance.calling_ae,
+        )
+        try:
+            with self.sessions.begin() as session:
+                item = queries.record_received(session, record)
+        except SQLAlchemyError as exc:
+            raise OutOfResources(f"database write failed: {type(exc).__name__}") from exc
+        self.publish(item)
+        return item
+
+    def reject(self, rejected: RejectedInstance) -> None:
+        """Keep the refused payload and a row about it, so a person can see what a sender tried to send."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        payload_path: Path | None = self.rejected_dir / f"{stamp}-{uuid.uuid4().hex[:12]}.dcm"
+        try:
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+            payload_path.write_bytes(rejected.data)  # type: ignore[union-attr]
+        except OSError as exc:
+            log.error("could not keep a refused payload: %s", exc)
+            payload_path = None
+        with self.sessions.begin() as session:
+            queries.record_rejection(
+                session,
+                calling_ae=rejected.calling_ae,
+                peer=rejected.peer,
+                status=rejected.status,
+                reason=rejected.reason[:2000],
+                payload_path=str(payload_path) if payload_path else None,
+                size_bytes=len(rejected.data),
+            )

@@ -1,0 +1,83 @@
+"""Publishing tasks for committed instances, and the sweeper that republishes whatever was stranded.
+
+The database row is the source of truth (outbox pattern): if the broker is down at commit time, or a worker dies
+with a task in hand, the sweeper finds the instance by its status and age and publishes it again. Tasks are
+idempotent, so a duplicate costs a no-op, never a second result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from worker.celery_app import CLASSIFY_TASK
+from worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+class TaskPublisher:
+    """Sends one classify task per work item and notes it as queued; failures are left to the sweeper."""
+
+    def __init__(self, celery: Celery, sessions: sessionmaker[Session]) -> None:
+        self.celery = celery
+        self.sessions = sessions
+
+    def __call__(self, item: queries.WorkItem) -> None:
+        try:
+            self.celery.send_task(CLASSIFY_TASK, args=[item.instance_id, item.receive_count])
+        except Exception as exc:  # broker down: the instance stays RECEIVED and the sweeper retries
+            log.warning("instance %d committed but not queued (%s); the sweeper will retry", item.instance_id,
+                        type(exc).__name__)
+            return
+        try:
+            with self.sessions.begin() as session:
+                queries.mark_queued(session, item)
+        except Exception as exc:
+            log.warning("instance %d queued but not marked (%s)", item.instance_id, type(exc).__name__)
+
+
+class OutboxSweeper:
+    """Periodically republishes committed instances that are neither finished nor in flight."""
+
+    def __init__(self, config: WorkerConfig, sessions: sessionmaker[Session], publish: TaskPublisher) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.publish = publish
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> int:
+        now = datetime.now(timezone.utc)
+        with self.sessions.begin() as session:
+            items = queries.stranded(
+                session,
+                received_before=now - timedelta(seconds=self.config.received_grace_s),
+                started_before=now - timedelta(seconds=self.config.requeue_after_s),
+            )
+        for item in items:
+            self.publish(item)
+        if items:
+            log.info("outbox sweeper republished %d instance(s)", len(items))
+        return len(items)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.sweep_interval_s):
+            try:
+                self.sweep_once()
+            except Exception:
+                log.exception("outbox sweep failed; trying again in %.0f s", self.config.sweep_interval_s)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)

@@ -1,0 +1,86 @@
+"""Long-running parts assembled from their pieces: the ingest side (listener, importer, sweeper) and the worker."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.engine import make_engine, make_session_factory, migrate
+from dicom_io.files import encoded_file
+from dicom_io.listener import Listener, ListenerConfig, OutOfResources, parse_received, ReceivedInstance
+from dicom_io.spool import Spool
+from worker.celery_app import QUEUE, create_celery
+from worker.config import WorkerConfig
+from worker.ingest import Ingestor
+from worker.outbox import OutboxSweeper, TaskPublisher
+
+log = logging.getLogger(__name__)
+
+
+def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine and sessions with the schema brought up to date (every entry point calls this first)."""
+    engine = make_engine(url)
+    migrate(engine)
+    return engine, make_session_factory(engine)
+
+
+@dataclass
+class ImportReport:
+    committed: int = 0
+    refused: int = 0
+
+
+class IngestService:
+    """Everything that accepts instances: the DICOM listener, the file importer and the outbox sweeper."""
+
+    def __init__(self, config: WorkerConfig, listener_config: ListenerConfig | None = None) -> None:
+        self.config = config
+        self.engine, self.sessions = open_database(config.database_url)
+        self.celery = create_celery(config)
+        self.publisher = TaskPublisher(self.celery, self.sessions)
+        self.ingestor = Ingestor(Spool(config.spool_dir), self.sessions, config.rejected_dir, self.publisher)
+        self.sweeper = OutboxSweeper(config, self.sessions, self.publisher)
+        self.listener = Listener(listener_config, self.ingestor) if listener_config else None
+
+    def start(self) -> None:
+        if self.listener is not None:
+            self.listener.start()
+        self.sweeper.sweep_once()  # whatever a previous run left behind goes out first
+        self.sweeper.start()
+
+    def stop(self) -> None:
+        self.sweeper.stop()
+        if self.listener is not None:
+            self.listener.stop()
+        self.engine.dispose()
+
+    def import_file(self, path: Path) -> queries.WorkItem | None:
+        """Backfill one file through the same commit point as a C-STORE; None when it is not DICOM we can file."""
+        try:
+            data = encoded_file(path)
+            header = parse_received(data)
+        except Exception as exc:
+            log.warning("import of %s refused: %s", path.name, exc)
+            return None
+        try:
+            return self.ingestor.commit(ReceivedInstance(data=data, header=header, calling_ae="IMPORT", peer="file"))
+        except OutOfResources as exc:
+            log.error("import of %s not committed: %s", path.name, exc)
+            return None
+
+
+def run_worker(config: WorkerConfig, *, pool: str = "solo", concurrency: int = 1, loglevel: str = "INFO",
+               queues: str | None = None, hostname: str | None = None) -> None:
+    """Run a Celery worker in this process (blocking). The model loads on the first task, in the child."""
+    open_database(config.database_url)[0].dispose()  # migrate before tasks arrive
+    app = create_celery(config)
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--queues={queues or QUEUE}",
+            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)

@@ -1,0 +1,37 @@
+"""Celery tasks. The pipeline (database sessions and the model) is built on a task's first run in a process."""
+
+from __future__ import annotations
+
+from celery import Task, shared_task
+from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeoutError
+
+from worker.celery_app import CLASSIFY_TASK
+from worker.pipeline import Pipeline
+
+
+class PipelineTask(Task):
+    """Celery keeps one task object per process: the natural home of a once-per-process model."""
+
+    _pipeline: Pipeline | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.app.conf.triage)
+        return self._pipeline
+
+
+@shared_task(
+    bind=True,
+    base=PipelineTask,
+    name=CLASSIFY_TASK,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError, PoolTimeoutError),  # the database is away: back off and try again
+    retry_backoff=True,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=8,
+)
+def classify_instance(self: PipelineTask, instance_id: int, receive_count: int | None = None) -> None:
+    self.pipeline.process(instance_id, receive_count)

@@ -1,0 +1,1 @@
+"""The radiologists' worklist: FastAPI app (REST and a server-rendered page)."""
