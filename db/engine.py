@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -43,6 +43,9 @@ def alembic_config(url: str) -> Config:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent; concurrent starters are serialised by the DB)."""
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Listener, web and N workers start together in a fleet: one migrates, the others wait.
+            connection.execute(text("SELECT pg_advisory_xact_lock(7254031)"))
         config = alembic_config(str(engine.url.render_as_string(hide_password=False)))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

@@ -32,6 +32,8 @@ IMAGE_NAME = "cxr-triage"
 _INTERPOLATION = re.compile(
     r"\$\$|\$\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
 )
+# What a deployer must put in .env (the file refuses to start without it); everything else has a default.
+DEPLOYER_ENV = {"TRIAGE_API_TOKEN": "example-token"}
 _TRIAGE_NAME = re.compile(r"\bTRIAGE_[A-Z0-9_]+\b")
 
 
@@ -39,7 +41,7 @@ _TRIAGE_NAME = re.compile(r"\bTRIAGE_[A-Z0-9_]+\b")
 
 
 def _interpolate_str(text: str, env: dict[str, str]) -> str:
-    """Compose-style variable substitution against ``env`` (the test uses an empty env: the defaults)."""
+    """Compose-style variable substitution against ``env`` (the test uses the defaults plus DEPLOYER_ENV)."""
 
     def substitute(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -86,7 +88,7 @@ def raw_compose() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def compose(raw_compose: dict[str, Any]) -> dict[str, Any]:
     """The compose file as `docker compose config` would see it with no variables set (defaults only)."""
-    return _interpolate(raw_compose, {})
+    return _interpolate(raw_compose, DEPLOYER_ENV)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ TRIAGE_NOTICE = "Triage support only — not a diagnosis."
 def _settings() -> Settings:
     settings = Settings()
     configure_logging(settings.log_level)
+    settings.ensure_dirs()
     return settings
 
 
@@ -58,11 +60,23 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
 
 
 def web_server(settings: Settings) -> uvicorn.Server:
+    """The worklist server; refuses to leave loopback without an API token (the page shows patient data)."""
     from worklist.app import create_app
 
-    config = uvicorn.Config(create_app(settings.effective_database_url), host=settings.web_host,
+    if not settings.api_token and not _is_loopback(settings.web_host):
+        console.print(f"[red]TRIAGE_WEB_HOST={settings.web_host} is not loopback: set TRIAGE_API_TOKEN first[/red]")
+        raise typer.Exit(2)
+    app_ = create_app(settings.effective_database_url, api_token=settings.api_token)
+    config = uvicorn.Config(app_, host=settings.web_host,
                             port=settings.web_port, log_level=settings.log_level.lower())
     return uvicorn.Server(config)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @app.command()

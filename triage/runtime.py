@@ -20,6 +20,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         queue_dir=settings.queue_dir,
         model_path=Path(settings.model).resolve() if settings.model else None,
         model_cache_dir=settings.model_cache_dir.resolve(),
+        queue=settings.queue,
         device=settings.device,
         threshold=settings.threshold,
         requeue_after_s=settings.requeue_after_s,

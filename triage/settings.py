@@ -30,6 +30,8 @@ class Settings(BaseSettings):
 
     web_host: str = "127.0.0.1"
     web_port: int = 8000
+    api_token: str = Field("", description="Bearer token for /api; required when the web server leaves loopback.")
+    queue: str = Field("triage", description="Celery queue the listener publishes to and workers consume.")
 
     model: str = Field("", description="Checkpoint path; empty = the shipped default.")
     threshold: float | None = Field(None, description="Site override of the checkpoint's operating threshold.")

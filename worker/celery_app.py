@@ -7,7 +7,6 @@ from celery import Celery
 from worker.config import WorkerConfig
 
 CLASSIFY_TASK = "triage.classify_instance"
-QUEUE = "triage"
 
 
 def create_celery(config: WorkerConfig) -> Celery:
@@ -18,7 +17,7 @@ def create_celery(config: WorkerConfig) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_ignore_result=True,  # results go to the database, not the result backend
-        task_default_queue=QUEUE,
+        task_default_queue=config.queue,
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,

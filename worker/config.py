@@ -15,6 +15,7 @@ class WorkerConfig:
     queue_dir: Path
     model_path: Path | None  # None = the shipped default
     model_cache_dir: Path
+    queue: str = "triage"
     device: str = ""
     threshold: float | None = None  # site override of the checkpoint's threshold
     requeue_after_s: float = 600.0

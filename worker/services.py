@@ -14,7 +14,7 @@ from db.engine import make_engine, make_session_factory, migrate
 from dicom_io.files import encoded_file
 from dicom_io.listener import Listener, ListenerConfig, OutOfResources, parse_received, ReceivedInstance
 from dicom_io.spool import Spool
-from worker.celery_app import QUEUE, create_celery
+from worker.celery_app import create_celery
 from worker.config import WorkerConfig
 from worker.ingest import Ingestor
 from worker.outbox import OutboxSweeper, TaskPublisher
@@ -79,7 +79,7 @@ def run_worker(config: WorkerConfig, *, pool: str = "solo", concurrency: int = 1
     """Run a Celery worker in this process (blocking). The model loads on the first task, in the child."""
     open_database(config.database_url)[0].dispose()  # migrate before tasks arrive
     app = create_celery(config)
-    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--queues={queues or QUEUE}",
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--queues={queues or config.queue}",
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if hostname:
         argv.append(f"--hostname={hostname}")

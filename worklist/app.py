@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,15 +22,24 @@ TRIAGE_NOTICE = "Triage support only — not a diagnosis. Every study must still
 UNTRAINED_NOTICE = "UNTRAINED MODEL — scores are meaningless"
 
 
-def create_app(database_url: str) -> FastAPI:
+def create_app(database_url: str, api_token: str = "") -> FastAPI:
+    """The app; with ``api_token`` set, every /api route needs ``Authorization: Bearer <token>``."""
     engine = make_engine(database_url)
     migrate(engine)
     sessions: sessionmaker[Session] = make_session_factory(engine)
     app = FastAPI(title="cxr-triage worklist", version="0.1.0", description=TRIAGE_NOTICE)
+    bearer = HTTPBearer(auto_error=False)
 
     def session() -> Iterator[Session]:
         with sessions() as db_session:
             yield db_session
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if not api_token:
+            return
+        if credentials is None or not secrets.compare_digest(credentials.credentials, api_token):
+            raise HTTPException(status_code=401, detail="a valid bearer token is required",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(HTTPException)
     async def problem(_: Request, exc: HTTPException) -> JSONResponse:
@@ -37,6 +48,7 @@ def create_app(database_url: str) -> FastAPI:
             {"type": "about:blank", "title": exc.detail, "status": exc.status_code},
             status_code=exc.status_code,
             media_type="application/problem+json",
+            headers=exc.headers,
         )
 
     @app.get("/healthz")
@@ -44,7 +56,7 @@ def create_app(database_url: str) -> FastAPI:
         db.execute(text("SELECT 1"))
         return {"status": "ok"}
 
-    @app.get("/api/worklist")
+    @app.get("/api/worklist", dependencies=[Depends(authorised)])
     def api_worklist(
         status: StudyStatus | None = Query(None, description="PENDING, DONE or NOT_ANALYSED"),
         flagged: bool | None = Query(None),
@@ -62,7 +74,7 @@ def create_app(database_url: str) -> FastAPI:
             "items": [entry.to_dict() for entry in entries],
         }
 
-    @app.get("/api/studies/{study_uid}")
+    @app.get("/api/studies/{study_uid}", dependencies=[Depends(authorised)])
     def api_study(study_uid: str, db: Session = Depends(session)) -> dict[str, Any]:
         detail = queries.study_detail(db, study_uid)
         if detail is None:

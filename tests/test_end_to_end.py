@@ -1,0 +1,170 @@
+"""Real DICOM peers send to the running system; studies reach the worklist (embedded and fleet backends)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+import peers
+from conftest import real_dicom_files
+from dicom_io.sender import send_files
+from dicom_io.synthetic import chest_dataset
+from stack import Stack, wait_until
+
+
+def _save(ds, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_echoscu_is_answered(stack: Stack) -> None:
+    peers.require_dcmtk()
+    result = peers.echoscu(stack.dicom_port, calling_aet="ECHOSCU")
+    assert result.returncode == 0, result.stdout
+    assert "Success" in result.stdout
+
+
+def test_unknown_calling_ae_is_rejected(stack: Stack) -> None:
+    peers.require_dcmtk()
+    result = peers.echoscu(stack.dicom_port, calling_aet="INTRUDER")
+    assert result.returncode != 0
+    assert "Association Rejected" in result.stdout
+
+
+def test_storescu_real_chest_files_reach_the_worklist(stack: Stack) -> None:
+    peers.require_dcmtk()
+    files = real_dicom_files()
+    sent = peers.storescu(files, stack.dicom_port, calling_aet="STORESCU")
+    assert sent.ok, sent.log[-3000:]
+
+    headers = [dcmread(path, force=True, stop_before_pixels=True) for path in files]
+    by_study: dict[str, set[str]] = {}
+    for ds in headers:
+        by_study.setdefault(str(ds.StudyInstanceUID), set()).add(str(ds.SOPInstanceUID))
+    for study_uid, sop_uids in by_study.items():
+        study = stack.wait_for_study(study_uid)
+        assert study["status"] == "DONE", study
+        assert {i["sop_instance_uid"] for i in study["instances"]} == sop_uids
+        for instance in study["instances"]:
+            assert instance["status"] == "DONE", instance
+            assert 0.0 <= instance["score"] <= 1.0
+            assert instance["model_version"] == "untrained-resnet50-seed0"
+            assert len(instance["model_sha256"]) == 64
+
+    listed = {item["study_uid"]: item for item in stack.worklist()}
+    for study_uid in by_study:
+        item = listed[study_uid]
+        assert item["score"] is not None and item["model_version"] == "untrained-resnet50-seed0"
+        assert item["model_trained"] is False
+    # Transfer syntaxes were kept as received (JPEG 2000, JPEG-LS, JPEG baseline, implicit VR).
+    syntaxes = {row[0] for row in stack.sql("SELECT DISTINCT transfer_syntax_uid FROM instances")}
+    assert {"1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.50"} <= syntaxes
+
+
+def test_orthanc_forwards_a_study_to_the_worklist(stack: Stack, tmp_path: Path) -> None:
+    peers.require_orthanc()
+    study_uid = "1.2.826.0.1.3680043.10.1.7" + str(stack.dicom_port)
+    frontal = _save(chest_dataset(patient_index=70, study_uid=study_uid, view="PA"), tmp_path / "pa.dcm")
+    lateral = _save(chest_dataset(patient_index=70, study_uid=study_uid, view="LL", seed=3), tmp_path / "ll.dcm")
+    modalities = {"triage": (stack.ae_title, "127.0.0.1", stack.dicom_port)}
+    with peers.Orthanc(tmp_path / "orthanc", modalities, aet="ORTHANC") as orthanc:
+        uploaded = [orthanc.upload(frontal), orthanc.upload(lateral)]
+        assert uploaded[0]["ParentStudy"] == uploaded[1]["ParentStudy"]
+        response = orthanc.store_to_modality("triage", [uploaded[0]["ParentStudy"]])
+        assert response.status_code == 200, response.text
+
+    study = stack.wait_for_study(study_uid)
+    assert study["status"] == "DONE"
+    by_view = {i["view_position"]: i for i in study["instances"]}
+    assert by_view["PA"]["status"] == "DONE" and by_view["PA"]["score"] is not None
+    assert by_view["LL"]["status"] == "NOT_ANALYSED" and by_view["LL"]["reason"] == "LATERAL_VIEW"
+    assert study["score"] == by_view["PA"]["score"]  # the study score comes from the frontal image only
+
+
+def test_ct_is_refused_at_negotiation(stack: Stack, tmp_path: Path) -> None:
+    peers.require_dcmtk()
+    ds = chest_dataset(patient_index=71)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ds.Modality = "CT"
+    result = peers.storescu([_save(ds, tmp_path / "ct.dcm")], stack.dicom_port, calling_aet="STORESCU")
+    assert not result.succeeded and list(result.not_sent) == [tmp_path / "ct.dcm"], result.log[-2000:]
+    assert stack.study(str(ds.StudyInstanceUID)) is None
+
+
+def test_unparseable_dataset_gets_a_failure_status_and_a_record(stack: Stack, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynetdicom import AE, _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the file's bytes without parsing
+    good = _save(chest_dataset(patient_index=72), tmp_path / "good.dcm")
+    data = bytearray(good.read_bytes())
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # preamble, DICM, group length element
+    # After the meta: an element whose length runs far past the end of the data.
+    broken = bytes(data[:meta_end]) + b"\x08\x00\x16\x00UI\xf0\xff" + b"\x00" * 64
+    path = tmp_path / "broken.dcm"
+    path.write_bytes(broken)
+
+    ae = AE(ae_title="CXR_SENDER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", stack.dicom_port, ae_title=stack.ae_title)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)  # sent as raw bytes, not parsed by the sender
+    finally:
+        assoc.release()
+    assert 0xC000 <= status.Status <= 0xCFFF, hex(status.Status)
+    rows = wait_until(lambda: stack.sql("SELECT status, calling_ae, payload_path FROM rejections"), 10,
+                      "a rejection record")
+    assert any(row[0] == status.Status and row[1] == "CXR_SENDER" and Path(row[2]).is_file() for row in rows)
+    assert "refused (0x%04X)" % status.Status in stack.logs("listener")
+
+
+def test_instance_without_pixels_is_kept_and_shown_as_not_analysed(stack: Stack, tmp_path: Path) -> None:
+    ds = chest_dataset(patient_index=73, with_pixels=False)
+    results = send_files([_save(ds, tmp_path / "nopix.dcm")], host="127.0.0.1", port=stack.dicom_port,
+                         called_aet=stack.ae_title, calling_aet="CXR_SENDER")
+    assert results[0].ok
+    study = stack.wait_for_study(str(ds.StudyInstanceUID))
+    assert study["status"] == "NOT_ANALYSED" and study["reason"] == "NO_PIXEL_DATA"
+    assert study["instances"][0]["status"] == "FAILED"
+    listed = [item for item in stack.worklist(status="NOT_ANALYSED") if item["study_uid"] == ds.StudyInstanceUID]
+    assert listed and listed[0]["reason"] == "NO_PIXEL_DATA"
+
+
+def test_same_instance_twice_leaves_one_row_and_one_result(stack: Stack, tmp_path: Path) -> None:
+    ds = chest_dataset(patient_index=74)
+    path = _save(ds, tmp_path / "twice.dcm")
+    for expected_receives in (1, 2):
+        results = send_files([path], host="127.0.0.1", port=stack.dicom_port, called_aet=stack.ae_title,
+                             calling_aet="CXR_SENDER")
+        assert results[0].ok
+
+        def processed() -> bool:
+            study = stack.study(str(ds.StudyInstanceUID))
+            return bool(study and study["status"] == "DONE"
+                        and study["instances"][0]["receive_count"] == expected_receives)
+
+        wait_until(processed, 120, f"receive {expected_receives} to be processed")
+    instances = stack.sql("SELECT id FROM instances WHERE sop_instance_uid = :uid", uid=str(ds.SOPInstanceUID))
+    assert len(instances) == 1
+    results = stack.sql("SELECT score FROM results WHERE instance_id = :id", id=instances[0][0])
+    assert len(results) == 1
+
+
+def test_cli_worklist_json_matches_the_api(stack: Stack, tmp_path: Path) -> None:
+    ds = chest_dataset(patient_index=75)
+    send_files([_save(ds, tmp_path / "cli.dcm")], host="127.0.0.1", port=stack.dicom_port,
+               called_aet=stack.ae_title, calling_aet="CXR_SENDER")
+    stack.wait_for_study(str(ds.StudyInstanceUID))
+    result = stack.cli("worklist", "--json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert [item["study_uid"] for item in printed] == [item["study_uid"] for item in stack.worklist()]
+    for key in ("study_uid", "status", "flag", "score", "reason", "model_version", "received_at", "flagged_at"):
+        assert all(key in item for item in printed), key
+    table = stack.cli("worklist")
+    assert "UNTRAINED MODEL" in table.stdout
+    assert "SYNTHETIC^PATIENT75" not in stack.logs("listener") + stack.logs("worker")
