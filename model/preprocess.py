@@ -22,7 +22,8 @@ class PreprocessSpec:
     std: tuple[float, float, float] = IMAGENET_STD
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """JSON-native (lists, not tuples), so a dict read back from a checkpoint compares equal."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> "PreprocessSpec":

@@ -1,0 +1,94 @@
+"""Display image and analysability decisions on generated and real chest radiographs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from conftest import real_dicom_files
+from dicom_io.checks import assess
+from dicom_io.display import PixelDataError, display_image
+from dicom_io.files import read_dataset
+from dicom_io.synthetic import chest_dataset
+
+
+def lung_and_mediastinum(image: np.ndarray) -> tuple[float, float]:
+    """Mean brightness of the right lung field and of the mediastinum (central band)."""
+    h, w = image.shape
+    lung = image[int(h * 0.3):int(h * 0.6), int(w * 0.15):int(w * 0.35)]
+    mediastinum = image[int(h * 0.3):int(h * 0.6), int(w * 0.46):int(w * 0.54)]
+    return float(lung.mean()), float(mediastinum.mean())
+
+
+def test_monochrome1_and_monochrome2_give_the_same_display_image() -> None:
+    mono2 = display_image(chest_dataset(seed=5))
+    mono1 = display_image(chest_dataset(seed=5, monochrome1=True))
+    assert mono2.dtype == np.float32 and 0.0 <= mono2.min() and mono2.max() <= 1.0
+    np.testing.assert_allclose(mono1, mono2, atol=1e-3)
+    lung, mediastinum = lung_and_mediastinum(mono2)
+    assert lung < mediastinum - 0.2
+
+
+def test_window_from_the_file_is_applied() -> None:
+    ds = chest_dataset(seed=1)
+    full = display_image(ds)
+    ds.WindowCenter, ds.WindowWidth = 900, 200  # a narrow window on the lungs saturates the body
+    narrow = display_image(ds)
+    assert (narrow >= 0.999).mean() > (full >= 0.999).mean() + 0.3
+
+
+def test_real_files_give_lungs_darker_than_the_mediastinum() -> None:
+    for path in real_dicom_files():
+        if path.name == "Fake_MONOHR1.dcm":
+            continue  # its MONOCHROME1 tag is wrong on purpose (issue "pixel pipeline" detects it)
+        image = display_image(read_dataset(path))
+        lung, mediastinum = lung_and_mediastinum(image)
+        assert lung < mediastinum, f"{path.name}: lung {lung:.2f} vs mediastinum {mediastinum:.2f}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"ViewPosition": "LL"}, "LATERAL_VIEW"),
+        ({"BodyPartExamined": "KNEE"}, "NOT_CHEST"),
+        ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, "UNSUPPORTED_SOP_CLASS"),
+        ({"NumberOfFrames": 2}, "MULTIFRAME"),
+    ],
+)
+def test_not_analysable_instances_have_a_reason(changes: dict[str, object], reason: str) -> None:
+    ds = chest_dataset()
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    assessment = assess(ds)
+    assert not assessment.analysable and assessment.reason == reason
+
+
+def test_missing_tags_are_assumed_and_recorded() -> None:
+    ds = chest_dataset()
+    del ds.ViewPosition, ds.BodyPartExamined
+    ds.StudyDescription = "XR"
+    assessment = assess(ds)
+    assert assessment.analysable
+    assert set(assessment.assumptions) == {"body part assumed chest", "view assumed frontal"}
+
+
+def test_missing_and_truncated_pixels_raise_a_reason() -> None:
+    ds = chest_dataset(with_pixels=False)
+    assert assess(ds).reason == "NO_PIXEL_DATA"
+    truncated = chest_dataset()
+    truncated.PixelData = truncated.PixelData[:1000]
+    with pytest.raises(PixelDataError) as error:
+        display_image(truncated)
+    assert error.value.reason == "UNREADABLE_PIXEL_DATA"
+
+
+def test_file_without_meta_is_read_with_its_transfer_syntax() -> None:
+    path = next((p for p in real_dicom_files() if p.name == "CR-MONO1-10-chest.dcm"), None)
+    if path is None:
+        pytest.skip("CR-MONO1-10-chest.dcm is not in ../shared/data/dicom")
+    with pytest.raises(Exception):
+        dcmread(path)  # plain pydicom refuses it
+    ds = read_dataset(path)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert display_image(ds).shape == (440, 440)

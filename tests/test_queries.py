@@ -1,0 +1,121 @@
+"""The database layer on SQLite and PostgreSQL: commit, claim, finish, study score, order, outbox."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.engine import make_engine, make_session_factory
+from db.models import InstanceStatus
+
+MODEL = dict(model_version="m1", model_sha256="a" * 64, threshold=0.5)
+
+
+def record(sop: str, study: str, **overrides: object) -> queries.ReceivedRecord:
+    values: dict[str, object] = dict(
+        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1", study_instance_uid=study,
+        series_instance_uid="1.2.3", transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CR", body_part="CHEST",
+        view_position="PA", patient_name="DOE^JANE", patient_id="P1", accession_number="A1", study_date=None,
+        study_description="XR CHEST", spool_path=f"/spool/{sop}.dcm", size_bytes=10, calling_ae="TEST",
+    )
+    values.update(overrides)
+    return queries.ReceivedRecord(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def sessions(database_url: str) -> sessionmaker[Session]:
+    return make_session_factory(make_engine(database_url))
+
+
+def receive(sessions: sessionmaker[Session], sop: str, study: str) -> queries.WorkItem:
+    with sessions.begin() as session:
+        return queries.record_received(session, record(sop, study))
+
+
+def process(sessions: sessionmaker[Session], item: queries.WorkItem, score: float | None,
+            status: InstanceStatus = InstanceStatus.DONE, reason: str | None = None) -> bool:
+    with sessions.begin() as session:
+        work = queries.claim(session, item.instance_id, item.receive_count)
+    assert work is not None
+    outcome = queries.Outcome(status, reason, score=score, **(MODEL if score is not None else {}))
+    with sessions.begin() as session:
+        return queries.finish(session, work, outcome)
+
+
+def test_study_score_is_the_highest_image_score_and_flags_above_threshold(sessions: sessionmaker[Session]) -> None:
+    low, high = receive(sessions, "1.1", "9.1"), receive(sessions, "1.2", "9.1")
+    process(sessions, low, 0.2)
+    with sessions() as session:
+        pending = queries.worklist(session)[0]
+    assert pending.status == "PENDING" and pending.score == pytest.approx(0.2) and not pending.flag
+    process(sessions, high, 0.8)
+    with sessions() as session:
+        entry = queries.worklist(session)[0]
+    assert entry.status == "DONE" and entry.score == pytest.approx(0.8) and entry.flag
+    assert entry.images == 2 and entry.model_version == "m1" and entry.flagged_at is not None
+
+
+def test_worklist_puts_flagged_first_by_score_then_arrival(sessions: sessionmaker[Session]) -> None:
+    items = {name: receive(sessions, f"2.{i}", f"8.{i}") for i, name in enumerate("abcd")}
+    process(sessions, items["a"], 0.1)  # oldest, not flagged
+    process(sessions, items["b"], 0.7)
+    process(sessions, items["c"], 0.9)
+    process(sessions, items["d"], None, InstanceStatus.NOT_ANALYSED, "LATERAL_VIEW")
+    with sessions() as session:
+        order = [entry.study_uid for entry in queries.worklist(session)]
+        flagged = [entry.study_uid for entry in queries.worklist(session, flagged=True)]
+        not_analysed = queries.worklist(session, status="NOT_ANALYSED")
+    assert order == ["8.2", "8.1", "8.0", "8.3"]
+    assert flagged == ["8.2", "8.1"]
+    assert [(e.study_uid, e.reason) for e in not_analysed] == [("8.3", "LATERAL_VIEW")]
+
+
+def test_resend_replaces_the_instance_and_makes_older_work_stale(sessions: sessionmaker[Session]) -> None:
+    first = receive(sessions, "3.1", "7.1")
+    with sessions.begin() as session:
+        stale = queries.claim(session, first.instance_id, first.receive_count)
+    second = receive(sessions, "3.1", "7.1")
+    assert second.instance_id == first.instance_id and second.receive_count == 2
+    with sessions.begin() as session:
+        assert stale is not None
+        assert not queries.finish(session, stale, queries.Outcome(InstanceStatus.DONE, score=0.9, **MODEL))
+    assert process(sessions, second, 0.3)
+    assert process(sessions, receive(sessions, "3.1", "7.1"), 0.4)  # a third copy, same model: upsert
+    with sessions() as session:
+        detail = queries.study_detail(session, "7.1")
+        from db.models import Result
+        results = session.query(Result).all()
+    assert detail is not None and len(detail["instances"]) == 1
+    assert detail["score"] == pytest.approx(0.4)
+    assert len(results) == 1 and results[0].score == pytest.approx(0.4)
+
+
+def test_finished_instance_is_not_claimed_again(sessions: sessionmaker[Session]) -> None:
+    item = receive(sessions, "4.1", "6.1")
+    process(sessions, item, 0.5)
+    with sessions.begin() as session:
+        assert queries.claim(session, item.instance_id, item.receive_count) is None
+
+
+def test_outbox_finds_unqueued_and_abandoned_instances(sessions: sessionmaker[Session]) -> None:
+    never_queued = receive(sessions, "5.1", "5.9")
+    queued = receive(sessions, "5.2", "5.9")
+    abandoned = receive(sessions, "5.3", "5.9")
+    finished = receive(sessions, "5.4", "5.9")
+    with sessions.begin() as session:
+        queries.mark_queued(session, queued)
+        queries.mark_queued(session, abandoned)
+        queries.claim(session, abandoned.instance_id)
+    process(sessions, finished, 0.1)
+    now = datetime.now(timezone.utc)
+    with sessions() as session:
+        soon = queries.stranded(session, received_before=now + timedelta(seconds=1),
+                                started_before=now - timedelta(seconds=60))
+        later = queries.stranded(session, received_before=now + timedelta(seconds=1),
+                                 started_before=now + timedelta(seconds=60))
+    assert [item.instance_id for item in soon] == [never_queued.instance_id]
+    assert [item.instance_id for item in later] == [never_queued.instance_id, queued.instance_id,
+                                                    abandoned.instance_id]
