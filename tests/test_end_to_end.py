@@ -168,3 +168,29 @@ def test_cli_worklist_json_matches_the_api(stack: Stack, tmp_path: Path) -> None
     table = stack.cli("worklist")
     assert "UNTRAINED MODEL" in table.stdout
     assert "SYNTHETIC^PATIENT75" not in stack.logs("listener") + stack.logs("worker")
+
+
+def test_import_backfills_through_the_same_commit_point(stack: Stack, tmp_path: Path) -> None:
+    folder = tmp_path / "backfill"
+    folder.mkdir()
+    ds = chest_dataset(patient_index=76)
+    _save(ds, folder / "a.dcm")
+    (folder / "notes.txt").write_text("not DICOM")
+    result = stack.cli("import", str(folder))
+    assert result.returncode == 1, result.stdout + result.stderr  # one of two files was not DICOM
+    assert "committed 1 of 2 file(s)" in result.stdout
+    study = stack.wait_for_study(str(ds.StudyInstanceUID))
+    assert study["status"] == "DONE" and study["instances"][0]["score"] is not None
+
+
+def test_page_lists_studies_with_reasons_and_the_untrained_banner(stack: Stack, tmp_path: Path) -> None:
+    ds = chest_dataset(patient_index=77, view="LL")
+    send_files([_save(ds, tmp_path / "lateral.dcm")], host="127.0.0.1", port=stack.dicom_port,
+               called_aet=stack.ae_title, calling_aet="CXR_SENDER")
+    stack.wait_for_study(str(ds.StudyInstanceUID))
+    page = stack.http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "UNTRAINED MODEL — scores are meaningless" in page.text
+    assert "Triage support only" in page.text
+    row = page.text.split(f'data-study-uid="{ds.StudyInstanceUID}"', 1)[1].split("</tr>", 1)[0]
+    assert "not analysed: LATERAL_VIEW" in row and "SYNTHETIC^PATIENT77" in row

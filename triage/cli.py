@@ -23,7 +23,7 @@ from triage.settings import Settings
 
 app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (triage support, not a diagnosis).",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable in logs
 
 UNTRAINED_BANNER = "UNTRAINED MODEL — scores are meaningless"
 TRIAGE_NOTICE = "Triage support only — not a diagnosis."

@@ -7,7 +7,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import Progress
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -17,12 +16,11 @@ from db.models import Instance, InstanceStatus
 from dicom_io.files import read_dataset
 from dicom_io.sender import send_files
 from dicom_io.synthetic import write_samples
-from triage.cli import print_worklist, start_worker_process, stop_process, web_server
+from triage.cli import console, print_worklist, start_worker_process, stop_process, web_server
 from triage.runtime import listener_config, worker_config
 from triage.settings import Settings
 from worker.services import IngestService
 
-console = Console()
 SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 
 

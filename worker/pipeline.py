@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class Pipeline:
                 version=self.classifier.version,
                 trained=self.classifier.metadata.trained,
                 threshold=self.threshold,
-                metadata=dict(json_safe(self.classifier.metadata.__dict__)),
+                metadata=json.loads(self.classifier.metadata.to_json()),
             )
 
     def process(self, instance_id: int, receive_count: int | None = None) -> queries.Outcome | None:
@@ -99,6 +100,3 @@ class Pipeline:
             model_sha256=self.classifier.sha256,
         )
 
-
-def json_safe(data: dict[str, object]) -> dict[str, object]:
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.templating import Jinja2Templates
@@ -49,6 +50,15 @@ def create_app(database_url: str, api_token: str = "") -> FastAPI:
             status_code=exc.status_code,
             media_type="application/problem+json",
             headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(error["loc"]), "msg": error["msg"]} for error in exc.errors()]
+        return JSONResponse(
+            {"type": "about:blank", "title": "invalid request", "status": 422, "errors": errors},
+            status_code=422,
+            media_type="application/problem+json",
         )
 
     @app.get("/healthz")
