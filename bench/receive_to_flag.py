@@ -54,12 +54,20 @@ def wait_for_study(ingest: IngestService, study_uid: str, timeout: float = 300) 
 
 
 def storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
-    binary = shutil.which("storescp", path="/usr/bin") or "storescp"
+    """dcmtk's storescp writing to ``folder``; /usr/bin explicitly, since pynetdicom installs its own storescp."""
+    import socket
+
+    folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TCP_NODELAY": "1"}
-    process = subprocess.Popen([binary, "+xa", "-od", str(folder), str(port)], env=env,
+    process = subprocess.Popen(["/usr/bin/storescp", "+xa", "-od", str(folder), str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
-    return process
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.05)
+    raise RuntimeError("storescp did not start")
 
 
 def main() -> None:
@@ -85,8 +93,7 @@ def main() -> None:
     ingest.start()
     worker = start_worker_process(settings)
     baseline_port = free_port()
-    baseline = storescp(work / "storescp", baseline_port) if shutil.which("storescp", path="/usr/bin") else None
-    (work / "storescp").mkdir(exist_ok=True)
+    baseline = storescp(work / "storescp", baseline_port) if Path("/usr/bin/storescp").exists() else None
     ours, theirs, flag_after_commit, seen = [], [], [], []
     try:
         send_files(files[:1], host="127.0.0.1", port=settings.dicom_port, called_aet=settings.dicom_ae_title)
@@ -96,6 +103,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 [result] = send_files([path], host="127.0.0.1", port=baseline_port, called_aet="STORESCP")
                 theirs.append(time.perf_counter() - t0)
+                assert result.ok, result
             t0 = time.perf_counter()
             [result] = send_files([path], host="127.0.0.1", port=settings.dicom_port,
                                   called_aet=settings.dicom_ae_title)

@@ -31,6 +31,7 @@ def create_celery(config: WorkerConfig) -> Celery:
             "data_folder_in": str(config.queue_dir),
             "data_folder_out": str(config.queue_dir),
             "control_folder": str(config.queue_dir / "control"),
+            "polling_interval": 0.1,  # the default 1 s would dominate receive→flag latency
         }
         app.conf.worker_enable_remote_control = False  # the filesystem transport has no fanout
     else:
