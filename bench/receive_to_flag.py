@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2500)
     parser.add_argument("--columns", type=int, default=2048)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=120)
 
     work = Path(tempfile.mkdtemp(prefix="bench-r2f-"))
     files = []

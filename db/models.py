@@ -1,4 +1,5 @@
-"""Tables: studies (the worklist rows), instances (what was received), results (what a model said)."""
+"""Tables: studies (the worklist rows), instances (what was received), results (what a model said), and
+audit_events (who read which study, when)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class Study(Base):
     study_date: Mapped[date | None] = mapped_column(Date, nullable=True)
     study_description: Mapped[str] = mapped_column(String(256), default="")
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), default=StudyStatus.PENDING)
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     flag: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -61,6 +62,11 @@ class Study(Base):
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     flagged_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Seconds from the study's latest receive to its final result (flagged_at), kept for the metrics.
+    time_to_flag_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A radiologist marked it read: it drops to the bottom of its group (flagged or not) and never disappears.
+    read_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    read_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     instances: Mapped[list["Instance"]] = relationship(back_populates="study", order_by="Instance.id")
 
@@ -96,6 +102,9 @@ class Instance(Base):
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Written by the worker with the current result: the display image the model saw and its Grad-CAM overlay.
+    preview_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    heatmap_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
@@ -142,3 +151,16 @@ class Rejection(Base):
     reason: Mapped[str] = mapped_column(Text)
     payload_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditEvent(Base):
+    """Every read of a study (page, API, image) and every read/unread mark: who, when, which study."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # the token's name, or "loopback-demo" without tokens
+    action: Mapped[str] = mapped_column(String(32))  # view, api, image, list, mark_read, mark_unread
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    detail: Mapped[str | None] = mapped_column(String(512), nullable=True)  # route or SOP instance UID, no patient data

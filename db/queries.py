@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import enum
+import hashlib
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time, timezone
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import Instance, InstanceStatus, ModelVersion, Rejection, Result, Study, StudyStatus, utcnow
+from db.models import (AuditEvent, Instance, InstanceStatus, ModelVersion, Rejection, Result, Study, StudyStatus,
+                       utcnow)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,15 @@ class Outcome:
     threshold: float | None = None
     model_version: str | None = None
     model_sha256: str | None = None
+    preview_path: str | None = None  # PNG of the display image the model saw (worker.previews)
+    heatmap_path: str | None = None  # PNG of the Grad-CAM overlay
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def _get_or_create_study(session: Session, record: ReceivedRecord) -> Study:
@@ -111,7 +123,12 @@ def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
         enqueued_at=None,
         started_at=None,
         finished_at=None,
+        preview_path=None,
+        heatmap_path=None,
     )
+    if study.read_at is not None:
+        # New pixels in a study someone had read: it is unread again (it may even be flagged now).
+        study.read_at, study.read_by = None, None
     if instance is None:
         instance = Instance(sop_instance_uid=record.sop_instance_uid, receive_count=1, attempts=0, **fields)
         session.add(instance)
@@ -168,6 +185,8 @@ def finish(session: Session, work: Claim, outcome: Outcome) -> bool:
     instance.score = outcome.score
     instance.model_version = outcome.model_version
     instance.model_sha256 = outcome.model_sha256
+    instance.preview_path = outcome.preview_path
+    instance.heatmap_path = outcome.heatmap_path
     instance.finished_at = utcnow()
     session.flush()
     refresh_study(session, instance.study_id)
@@ -214,6 +233,10 @@ def refresh_study(session: Session, study_id: int) -> None:
         study.status = StudyStatus.NOT_ANALYSED
         study.reason = next((i.reason for i in instances if i.reason), None)
     study.flagged_at = utcnow()
+    # Receive→result latency from the study's latest receive: a copy resent hours later measures the system,
+    # not the hours in between.
+    latest = max((_aware(i.received_at) for i in instances), default=None)  # type: ignore[type-var]
+    study.time_to_flag_s = max(0.0, (study.flagged_at - latest).total_seconds()) if latest else None
 
 
 def stranded(session: Session, *, received_before: datetime, started_before: datetime, limit: int = 500
@@ -250,6 +273,38 @@ def record_rejection(session: Session, *, calling_ae: str, peer: str, status: in
 # --- reading the worklist ----------------------------------------------------------------------------------
 
 
+class WorklistStatus(str, enum.Enum):
+    """What the worklist filters on. NOT_ANALYSED includes FAILED (nothing scorable); FAILED is the subset whose
+    every image failed (no or unreadable pixels: the dead-letter record)."""
+
+    PENDING = "PENDING"
+    DONE = "DONE"
+    NOT_ANALYSED = "NOT_ANALYSED"
+    FAILED = "FAILED"
+
+
+class WorklistSort(str, enum.Enum):
+    """``priority`` is the triage order: flagged first (highest score first), then the rest in arrival order;
+    in each of the two groups read studies come last. The others are plain orders a reader may ask for."""
+
+    PRIORITY = "priority"
+    RECEIVED_DESC = "received_desc"
+    RECEIVED_ASC = "received_asc"
+    SCORE_DESC = "score_desc"
+    PATIENT = "patient"
+    ACCESSION = "accession"
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    status: str | None = None  # a WorklistStatus value
+    flagged: bool | None = None
+    read: bool | None = None
+    received_from: date | None = None  # UTC dates, both ends included
+    received_to: date | None = None
+    text: str | None = None  # every word must occur in patient name, patient ID or accession number
+
+
 @dataclass(frozen=True)
 class WorklistEntry:
     study_uid: str
@@ -269,35 +324,112 @@ class WorklistEntry:
     received_at: datetime
     flagged_at: datetime | None
     images: int
+    state: str  # pending, done, not_analysed or failed (what the page shows)
+    failed_images: int
+    time_to_flag_s: float | None
+    read_at: datetime | None
+    read_by: str | None
+
+    @property
+    def read(self) -> bool:
+        return self.read_at is not None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("received_at", "flagged_at", "study_date"):
+        for key in ("received_at", "flagged_at", "study_date", "read_at"):
             data[key] = data[key].isoformat() if data[key] is not None else None
+        data["read"] = self.read
         return data
 
 
-def worklist(session: Session, *, status: str | None = None, flagged: bool | None = None,
-             limit: int = 200, offset: int = 0) -> list[WorklistEntry]:
-    """Flagged studies first (highest score first), then everything else in arrival order."""
+def _like_escape(word: str) -> str:
+    return word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _image_counts() -> tuple[Any, Any]:
     images = (select(func.count(Instance.id)).where(Instance.study_id == Study.id).correlate(Study)
               .scalar_subquery())
+    failed = (select(func.count(Instance.id))
+              .where(Instance.study_id == Study.id, Instance.status == InstanceStatus.FAILED)
+              .correlate(Study).scalar_subquery())
+    return images, failed
+
+
+def _apply_filter(query: Any, filters: WorklistFilter, images: Any, failed: Any) -> Any:
+    if filters.status:
+        status = WorklistStatus(filters.status.upper())
+        if status is WorklistStatus.FAILED:
+            query = query.where(Study.status == StudyStatus.NOT_ANALYSED, failed == images)
+        else:
+            query = query.where(Study.status == StudyStatus(status.value))
+    if filters.flagged is not None:
+        query = query.where(Study.flag.is_(filters.flagged))
+    if filters.read is not None:
+        query = query.where(Study.read_at.is_not(None) if filters.read else Study.read_at.is_(None))
+    if filters.received_from is not None:
+        query = query.where(Study.received_at >= datetime.combine(filters.received_from, time.min, timezone.utc))
+    if filters.received_to is not None:
+        query = query.where(Study.received_at <= datetime.combine(filters.received_to, time.max, timezone.utc))
+    for word in (filters.text or "").split():
+        pattern = f"%{_like_escape(word)}%"
+        query = query.where(or_(*(column.ilike(pattern, escape="\\") for column in
+                                  (Study.patient_name, Study.patient_id, Study.accession_number))))
+    return query
+
+
+def _order(sort: WorklistSort) -> list[Any]:
+    unread_first = case((Study.read_at.is_(None), 0), else_=1)
+    arrival = [Study.received_at.asc(), Study.id.asc()]
+    if sort is WorklistSort.PRIORITY:
+        return [Study.flag.desc(), unread_first.asc(), case((Study.flag, Study.score), else_=None).desc(), *arrival]
+    if sort is WorklistSort.RECEIVED_DESC:
+        return [Study.received_at.desc(), Study.id.desc()]
+    if sort is WorklistSort.SCORE_DESC:
+        return [Study.score.desc().nulls_last(), *arrival]
+    if sort is WorklistSort.PATIENT:
+        return [Study.patient_name.asc(), Study.patient_id.asc(), *arrival]
+    if sort is WorklistSort.ACCESSION:
+        return [Study.accession_number.asc(), *arrival]
+    return arrival
+
+
+def worklist(session: Session, *, status: str | None = None, flagged: bool | None = None, read: bool | None = None,
+             received_from: date | None = None, received_to: date | None = None, text: str | None = None,
+             sort: str | WorklistSort = WorklistSort.PRIORITY, limit: int = 200, offset: int = 0
+             ) -> list[WorklistEntry]:
+    """By default the triage order: flagged studies first (highest score first), then everything else in
+    arrival order; read studies last within each of the two groups. Filters combine with AND."""
+    filters = WorklistFilter(status, flagged, read, received_from, received_to, text)
+    images, failed = _image_counts()
     query = (
-        select(Study, images.label("images"), ModelVersion.trained)
+        select(Study, images.label("images"), failed.label("failed"), ModelVersion.trained)
         .outerjoin(ModelVersion, ModelVersion.sha256 == Study.model_sha256)
-        .order_by(Study.flag.desc(), case((Study.flag, Study.score), else_=None).desc(),
-                  Study.received_at.asc(), Study.id.asc())
+        .order_by(*_order(WorklistSort(sort)))
         .limit(limit)
         .offset(offset)
     )
-    if status:
-        query = query.where(Study.status == StudyStatus(status.upper()))
-    if flagged is not None:
-        query = query.where(Study.flag.is_(flagged))
-    return [_entry(study, count, trained) for study, count, trained in session.execute(query)]
+    query = _apply_filter(query, filters, images, failed)
+    return [_entry(study, count, failed_count, trained)
+            for study, count, failed_count, trained in session.execute(query)]
 
 
-def _entry(study: Study, images: int, trained: bool | None) -> WorklistEntry:
+def worklist_total(session: Session, *, status: str | None = None, flagged: bool | None = None,
+                   read: bool | None = None, received_from: date | None = None, received_to: date | None = None,
+                   text: str | None = None) -> int:
+    """How many studies the same filters match (for paging)."""
+    filters = WorklistFilter(status, flagged, read, received_from, received_to, text)
+    images, failed = _image_counts()
+    query = _apply_filter(select(func.count(Study.id)), filters, images, failed)
+    return int(session.scalar(query) or 0)
+
+
+def _state(study: Study, images: int, failed: int) -> str:
+    if study.status == StudyStatus.NOT_ANALYSED:
+        return "failed" if images and failed == images else "not_analysed"
+    return study.status.value.lower()
+
+
+def _entry(study: Study, images: int, failed: int, trained: bool | None) -> WorklistEntry:
     return WorklistEntry(
         study_uid=study.study_instance_uid,
         patient_name=study.patient_name,
@@ -313,27 +445,50 @@ def _entry(study: Study, images: int, trained: bool | None) -> WorklistEntry:
         model_version=study.model_version,
         model_sha256=study.model_sha256,
         model_trained=trained,
-        received_at=study.received_at,
-        flagged_at=study.flagged_at,
+        received_at=_aware(study.received_at),  # type: ignore[arg-type]
+        flagged_at=_aware(study.flagged_at),
         images=images,
+        state=_state(study, images, failed),
+        failed_images=failed,
+        time_to_flag_s=study.time_to_flag_s,
+        read_at=_aware(study.read_at),
+        read_by=study.read_by,
     )
 
 
+def worklist_version(session: Session) -> str:
+    """A short token that changes whenever anything the worklist shows may have changed (for live updates)."""
+    studies = session.execute(select(func.count(Study.id), func.max(Study.updated_at))).one()
+    instances = session.execute(select(func.count(Instance.id), func.max(Instance.received_at),
+                                       func.max(Instance.finished_at), func.sum(Instance.receive_count))).one()
+    models = session.execute(select(func.count(ModelVersion.sha256), func.max(ModelVersion.registered_at))).one()
+    raw = "|".join(str(value) for value in (*studies, *instances, *models))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
 def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
-    """One study with its instances, or None."""
+    """One study with its instances (each with its own score, threshold and decision), or None."""
     study = session.scalars(
         select(Study).where(Study.study_instance_uid == study_uid).options(selectinload(Study.instances))
     ).first()
     if study is None:
         return None
     trained = session.scalar(select(ModelVersion.trained).where(ModelVersion.sha256 == study.model_sha256))
-    detail = _entry(study, len(study.instances), trained).to_dict()
-    detail["instances"] = [
-        {
+    failed = sum(i.status == InstanceStatus.FAILED for i in study.instances)
+    detail = _entry(study, len(study.instances), failed, trained).to_dict()
+    thresholds = dict(session.execute(
+        select(Result.instance_id, Result.threshold)
+        .join(Instance, and_(Instance.id == Result.instance_id, Instance.model_sha256 == Result.model_sha256))
+        .where(Instance.study_id == study.id)).all())
+    detail["instances"] = []
+    for i in study.instances:
+        threshold = thresholds.get(i.id) if i.score is not None else None
+        detail["instances"].append({
             "sop_instance_uid": i.sop_instance_uid,
             "sop_class_uid": i.sop_class_uid,
             "series_instance_uid": i.series_instance_uid,
             "transfer_syntax_uid": i.transfer_syntax_uid,
+            "modality": i.modality,
             "view_position": i.view_position,
             "body_part": i.body_part,
             "status": i.status.value,
@@ -341,15 +496,58 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
             "detail": i.detail,
             "assumptions": i.assumptions,
             "score": i.score,
+            "threshold": threshold,
+            "flag": bool(i.score is not None and threshold is not None and i.score >= threshold),
             "model_version": i.model_version,
             "model_sha256": i.model_sha256,
             "receive_count": i.receive_count,
-            "received_at": i.received_at.isoformat(),
-            "finished_at": i.finished_at.isoformat() if i.finished_at else None,
-        }
-        for i in study.instances
-    ]
+            "received_at": _aware(i.received_at).isoformat(),  # type: ignore[union-attr]
+            "finished_at": _aware(i.finished_at).isoformat() if i.finished_at else None,
+            "has_preview": bool(i.preview_path),
+            "has_heatmap": bool(i.heatmap_path),
+        })
     return detail
+
+
+def instance_image_path(session: Session, study_uid: str, sop_instance_uid: str, kind: str) -> str | None:
+    """The stored path of an instance's ``preview`` or ``heatmap`` PNG (None: no such instance in the study, or
+    no such picture)."""
+    column = {"preview": Instance.preview_path, "heatmap": Instance.heatmap_path}[kind]
+    return session.scalar(
+        select(column).join(Study, Study.id == Instance.study_id)
+        .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid == sop_instance_uid))
+
+
+def set_read(session: Session, study_uid: str, *, read: bool, actor: str) -> Study | None:
+    """Mark a study read (it drops to the bottom of its group) or unread, and audit it; None: no such study."""
+    study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid).with_for_update()).first()
+    if study is None:
+        return None
+    if read and study.read_at is None:
+        study.read_at, study.read_by = utcnow(), actor[:128]
+    elif not read and study.read_at is not None:
+        study.read_at, study.read_by = None, None
+    record_audit(session, actor=actor, action="mark_read" if read else "mark_unread", study_uid=study_uid)
+    session.flush()
+    return study
+
+
+def record_audit(session: Session, *, actor: str, action: str, study_uid: str | None = None,
+                 detail: str | None = None) -> None:
+    """One audit row: who (a token's name, never a patient), what, which study, when (now)."""
+    session.add(AuditEvent(actor=actor[:128], action=action[:32], study_instance_uid=study_uid,
+                           detail=detail[:512] if detail else None))
+
+
+def audit_events(session: Session, *, study_uid: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if study_uid is not None:
+        query = query.where(AuditEvent.study_instance_uid == study_uid)
+    return [
+        {"at": _aware(e.at).isoformat(), "actor": e.actor, "action": e.action,  # type: ignore[union-attr]
+         "study_uid": e.study_instance_uid, "detail": e.detail}
+        for e in session.scalars(query)
+    ]
 
 
 def untrained_models_in_use(session: Session) -> bool:
@@ -362,7 +560,74 @@ def untrained_models_in_use(session: Session) -> bool:
     return session.execute(used.limit(1)).first() is not None
 
 
+def model_versions(session: Session) -> list[dict[str, Any]]:
+    """Every model that produced results, newest first, with how many studies currently carry its result."""
+    in_use = dict(session.execute(select(Study.model_sha256, func.count(Study.id)).group_by(Study.model_sha256)).all())
+    return [
+        {
+            "sha256": m.sha256,
+            "version": m.version,
+            "trained": m.trained,
+            "threshold": m.threshold,
+            "registered_at": _aware(m.registered_at).isoformat(),  # type: ignore[union-attr]
+            "studies": int(in_use.get(m.sha256, 0)),
+            "metadata": m.metadata_json,
+        }
+        for m in session.scalars(select(ModelVersion).order_by(ModelVersion.registered_at.desc()))
+    ]
+
+
 def counts_by_status(session: Session) -> dict[str, int]:
     rows = session.execute(select(Instance.status, func.count()).group_by(Instance.status))
     return {status.value: count for status, count in rows}
 
+
+# --- metrics (computed from the tables at scrape time: listener, worker and web are separate processes) -------
+
+
+@dataclass(frozen=True)
+class HistogramCounts:
+    """Cumulative counts per upper bound (as Prometheus wants them), the total count and the sum."""
+
+    buckets: list[tuple[float, int]]
+    count: int
+    total: float
+
+
+def _histogram(session: Session, column: Any, bounds: list[float], *where: Any, group_by: Any = None
+               ) -> dict[Any, HistogramCounts]:
+    columns = [func.sum(case((column <= bound, 1), else_=0)) for bound in bounds]
+    query = select(*columns, func.count(column), func.sum(column)).where(column.is_not(None), *where)
+    if group_by is not None:
+        query = query.add_columns(group_by).group_by(group_by)
+    result: dict[Any, HistogramCounts] = {}
+    for row in session.execute(query):
+        count = int(row[len(bounds)] or 0)
+        if count == 0:
+            continue
+        key = row[len(bounds) + 2] if group_by is not None else None
+        result[key] = HistogramCounts([(bound, int(row[i] or 0)) for i, bound in enumerate(bounds)], count,
+                                      float(row[len(bounds) + 1] or 0.0))
+    return result
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    received: int  # every C-STORE or import committed, duplicates included
+    by_status: dict[str, int]  # instances per status
+    failed_by_reason: dict[str, int]
+    receive_to_flag: HistogramCounts | None
+    scores: dict[str, HistogramCounts]  # per model version
+    untrained_in_use: bool
+
+
+def metrics_snapshot(session: Session, latency_bounds: list[float], score_bounds: list[float]) -> MetricsSnapshot:
+    received = int(session.scalar(select(func.coalesce(func.sum(Instance.receive_count), 0))) or 0)
+    failed: dict[str, int] = {}
+    for reason, count in session.execute(select(Instance.reason, func.count(Instance.id))
+                                         .where(Instance.status == InstanceStatus.FAILED).group_by(Instance.reason)):
+        failed[reason or "UNKNOWN"] = failed.get(reason or "UNKNOWN", 0) + int(count)
+    latency = _histogram(session, Study.time_to_flag_s, latency_bounds).get(None)
+    scores = _histogram(session, Result.score, score_bounds, group_by=Result.model_version)
+    return MetricsSnapshot(received, counts_by_status(session), failed,
+                           latency, {str(k): v for k, v in scores.items()}, untrained_models_in_use(session))

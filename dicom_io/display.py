@@ -1,21 +1,26 @@
 """From stored pixels to the picture a radiologist sees: float32 in [0, 1], high = bright.
 
 Order as in PS3.3 C.11: modality LUT (rescale or LUT sequence), VOI LUT (sequence or window, the first when
-several), then MONOCHROME1 / Presentation LUT Shape INVERSE turned into "high = bright". All look-up work is
-pydicom's own (`apply_modality_lut`, `apply_voi_lut`); this module only decides what to apply and normalises.
+several; LINEAR, LINEAR_EXACT or SIGMOID), then MONOCHROME1 / Presentation LUT Shape INVERSE turned into
+"high = bright". The look-up work is pydicom's own (`apply_modality_lut`, `apply_voi_lut`); this module decides
+what to apply, checks the pixel data against the header, and normalises.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from dicom_io.polarity import looks_inverted
+
 log = logging.getLogger(__name__)
 
-ROBUST_WINDOW_PERCENTILES = (0.5, 99.5)
+ROBUST_WINDOW_PERCENTILES = (1.0, 99.0)
 _PROBE = np.array([-1e12, 1e12], dtype=np.float64)
 
 
@@ -28,6 +33,40 @@ class PixelDataError(ValueError):
         self.detail = detail
 
 
+@dataclass(frozen=True)
+class Rendering:
+    """A display image and how it was made (for the record, the inspect command and the worklist)."""
+
+    image: np.ndarray  # float32, [0, 1], high = bright
+    window: str
+    inverted: bool  # MONOCHROME1 or INVERSE presentation applied
+    polarity_corrected: bool  # the image content contradicted the photometric tag, and was flipped
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        if self.polarity_corrected:
+            return ("display polarity corrected: image content contradicts PhotometricInterpretation",)
+        return ()
+
+
+def _check_native_length(ds: Dataset) -> None:
+    """Refuse native pixel data whose length disagrees with the header: the picture would be garbage."""
+    syntax = getattr(ds, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is None or syntax.is_compressed:
+        return
+    if "PixelData" not in ds:
+        return
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    bits = int(ds.BitsAllocated)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    pixels = int(ds.Rows) * int(ds.Columns) * samples * frames
+    expected = math.ceil(pixels / 8) if bits == 1 else pixels * (bits // 8)
+    actual = len(ds.PixelData)
+    if actual not in (expected, expected + 1):  # one pad byte keeps the value length even
+        raise PixelDataError("UNREADABLE_PIXEL_DATA",
+                             f"pixel data is {actual} bytes, the header implies {expected}")
+
+
 def decode_pixels(ds: Dataset) -> np.ndarray:
     """The first frame as stored (grayscale; colour secondary captures reduced to luminance)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -36,6 +75,7 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
         rows, columns = int(ds.Rows), int(ds.Columns)
         if rows <= 0 or columns <= 0:
             raise ValueError(f"image size {rows}x{columns}")
+        _check_native_length(ds)
         arr = ds.pixel_array
     except PixelDataError:
         raise
@@ -53,7 +93,7 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
 
 def _padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
     padding = ds.get("PixelPaddingValue")
-    if padding is None or int(ds.get("SamplesPerPixel", 1)) != 1:
+    if padding is None or stored.dtype.kind not in "iu" or int(ds.get("SamplesPerPixel", 1)) != 1:
         return None
     limit = ds.get("PixelPaddingRangeLimit")
     low, high = sorted((int(padding), int(limit if limit is not None else padding)))
@@ -70,7 +110,20 @@ def _voi_output_range(ds: Dataset) -> tuple[float, float]:
     if ds.get("VOILUTSequence"):
         depth = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         return 0.0, float(2**depth - 1)
-    low, high = sorted(float(v) for v in apply_voi_lut(_PROBE.copy(), ds, index=0))
+    with np.errstate(over="ignore"):  # SIGMOID overflows to its asymptotes, which is the point
+        low, high = sorted(float(v) for v in apply_voi_lut(_PROBE.copy(), ds, index=0))
+    return low, high
+
+
+def _robust_window(values: np.ndarray, padding: np.ndarray | None) -> tuple[float, float]:
+    """Percentiles inside the exposed area: padding and the values pinned at the extremes (collimator
+    shadows, burnt-out background, burnt-in black borders) do not vote."""
+    inside = values[~padding] if padding is not None else values.ravel()
+    lowest, highest = inside.min(), inside.max()
+    exposed = inside[(inside > lowest) & (inside < highest)]
+    if exposed.size < inside.size // 10:
+        exposed = inside
+    low, high = (float(v) for v in np.percentile(exposed, ROBUST_WINDOW_PERCENTILES))
     return low, high
 
 
@@ -79,11 +132,10 @@ def describe_window(ds: Dataset) -> str:
     if ds.get("VOILUTSequence"):
         return "VOI LUT sequence"
     if "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = ds.WindowCenter, ds.WindowWidth
-        center = center[0] if ds["WindowCenter"].VM > 1 else center
-        width = width[0] if ds["WindowWidth"].VM > 1 else width
+        center = ds.WindowCenter[0] if ds["WindowCenter"].VM > 1 else ds.WindowCenter
+        width = ds.WindowWidth[0] if ds["WindowWidth"].VM > 1 else ds.WindowWidth
         return f"C{float(center):g}/W{float(width):g} {ds.get('VOILUTFunction', 'LINEAR')}"
-    return "robust percentile window"
+    return "robust window (1st-99th percentile of the exposed area)"
 
 
 def is_inverted(ds: Dataset) -> bool:
@@ -95,24 +147,40 @@ def is_inverted(ds: Dataset) -> bool:
     return photometric == "MONOCHROME2" and shape == "INVERSE"
 
 
-def display_image(ds: Dataset) -> np.ndarray:
-    """The display image as float32 in [0, 1], high = bright; raise PixelDataError when there is none."""
+def render(ds: Dataset, *, check_polarity: bool = True) -> Rendering:
+    """The display image with its provenance; raise PixelDataError when there is no usable image.
+
+    ``check_polarity`` flips an image whose content is plainly inverted relative to its tag; it is meant for
+    frontal chest radiographs, the only images the model is given.
+    """
     stored = decode_pixels(ds)
-    padding = _padding_mask(ds, stored) if stored.dtype.kind in "iu" else None
+    padding = _padding_mask(ds, stored)
+    grayscale = int(ds.get("SamplesPerPixel", 1)) == 1
     try:
-        values = apply_modality_lut(stored, ds) if int(ds.get("SamplesPerPixel", 1)) == 1 else stored
-        if _has_voi(ds) and int(ds.get("SamplesPerPixel", 1)) == 1:
+        values = apply_modality_lut(stored, ds) if grayscale else stored
+        if grayscale and _has_voi(ds):
             low, high = _voi_output_range(ds)
             values = apply_voi_lut(values, ds, index=0)
         else:
-            inside = values[~padding] if padding is not None else values
-            low, high = (float(v) for v in np.percentile(inside, ROBUST_WINDOW_PERCENTILES))
+            low, high = _robust_window(np.asarray(values), padding)
     except Exception as exc:
         raise PixelDataError("UNREADABLE_PIXEL_DATA", f"LUT/window failed: {type(exc).__name__}: {exc}") from exc
     span = high - low if high > low else 1.0
     image = np.clip((np.asarray(values, dtype=np.float32) - np.float32(low)) / np.float32(span), 0.0, 1.0)
-    if is_inverted(ds):
+    inverted = is_inverted(ds)
+    if inverted:
         image = 1.0 - image
+    corrected = False
+    if check_polarity and looks_inverted(image):
+        image, corrected = 1.0 - image, True
+        log.warning("display polarity corrected for %s: content contradicts %s", ds.get("SOPInstanceUID", "?"),
+                    ds.get("PhotometricInterpretation", "?"))
     if padding is not None:
         image[padding] = 0.0
-    return image.astype(np.float32, copy=False)
+    return Rendering(image.astype(np.float32, copy=False), describe_window(ds) if grayscale else "robust window",
+                     inverted, corrected)
+
+
+def display_image(ds: Dataset) -> np.ndarray:
+    """The display image as float32 in [0, 1], high = bright; raise PixelDataError when there is none."""
+    return render(ds).image

@@ -1,42 +1,217 @@
-"""The REST API: bearer token when configured, RFC 9457 problems for errors."""
+"""The REST API and the pages' access rules: bearer tokens (named, for the audit), the /login cookie for the page,
+CSRF on forms, RFC 9457 problems for errors, the audit table, pictures, metrics and the model card."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
+from db import queries
+from db.models import AuditEvent, InstanceStatus
 from worklist.app import create_app
+
+AUTH = {"Authorization": "Bearer s3cret"}
+HTML = {"Accept": "text/html"}
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> TestClient:
-    return TestClient(create_app(f"sqlite:///{tmp_path / 'api.sqlite3'}", api_token="s3cret"))
+    return TestClient(create_app(f"sqlite:///{tmp_path / 'api.sqlite3'}", api_token="s3cret",
+                                 api_tokens="alice=tok-alice,bob=tok-bob", model_card=tmp_path / "MODEL_CARD.md"))
+
+
+def add_study(client: TestClient, study: str, sop: str, score: float | None = 0.7, preview: Path | None = None,
+              status: InstanceStatus = InstanceStatus.DONE, reason: str | None = None) -> None:
+    sessions = client.app.state.sessions  # type: ignore[attr-defined]
+    record = queries.ReceivedRecord(
+        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1", study_instance_uid=study,
+        series_instance_uid="1.2.3", transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CR", body_part="CHEST",
+        view_position="PA", patient_name="DOE^JANE", patient_id="P1", accession_number="A1", study_date=None,
+        study_description="XR CHEST", spool_path=f"/spool/{sop}.dcm", size_bytes=10, calling_ae="TEST")
+    with sessions.begin() as session:
+        item = queries.record_received(session, record)
+        queries.register_model(session, sha256="a" * 64, version="m1", trained=False, threshold=0.5, metadata={})
+    with sessions.begin() as session:
+        work = queries.claim(session, item.instance_id)
+    model = dict(model_version="m1", model_sha256="a" * 64, threshold=0.5) if score is not None else {}
+    pictures = dict(preview_path=str(preview), heatmap_path=str(preview)) if preview else {}
+    with sessions.begin() as session:
+        assert work is not None
+        queries.finish(session, work, queries.Outcome(status, reason, score=score, **model, **pictures))
+
+
+def audit_rows(client: TestClient) -> list[tuple[str, str, str | None]]:
+    with client.app.state.sessions() as session:  # type: ignore[attr-defined]
+        return [(e.actor, e.action, e.study_instance_uid)
+                for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
 
 
 def test_api_refuses_requests_without_the_token(client: TestClient) -> None:
-    for headers in ({}, {"Authorization": "Bearer wrong"}):
-        response = client.get("/api/worklist", headers=headers)
-        assert response.status_code == 401
-        assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["status"] == 401
-    ok = client.get("/api/worklist", headers={"Authorization": "Bearer s3cret"})
-    assert ok.status_code == 200 and ok.json()["items"] == []
+    for path in ("/api/worklist", "/api/studies/1.2.3", "/api/worklist/version", "/api/models", "/metrics"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
+            response = client.get(path, headers=headers)
+            assert response.status_code == 401, (path, headers)
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            assert response.json()["status"] == 401
+    assert client.put("/api/studies/1.2.3/read").status_code == 401
+    ok = client.get("/api/worklist", headers=AUTH)
+    assert ok.status_code == 200 and ok.json()["items"] == [] and ok.json()["total"] == 0
+    assert audit_rows(client) == [("api-token", "list", None)]  # refusals read nothing
 
 
 def test_unknown_study_is_a_404_problem(client: TestClient) -> None:
-    response = client.get("/api/studies/1.2.3", headers={"Authorization": "Bearer s3cret"})
+    response = client.get("/api/studies/1.2.3", headers=AUTH)
     assert response.status_code == 404
-    assert response.json() == {"type": "about:blank", "title": "study not found", "status": 404}
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404,
+                               "detail": "study not found", "instance": "/api/studies/1.2.3"}
+    assert client.get("/api/no-such-route", headers=AUTH).headers["content-type"] == "application/problem+json"
 
 
 def test_bad_filter_is_a_client_error(client: TestClient) -> None:
-    response = client.get("/api/worklist?status=NOPE", headers={"Authorization": "Bearer s3cret"})
+    response = client.get("/api/worklist?status=NOPE", headers=AUTH)
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"][0]["loc"] == ["query", "status"]
+    assert client.get("/api/worklist?q=a%00b", headers=AUTH).status_code == 422  # no NUL reaches PostgreSQL
+    assert client.get("/api/studies/1.2%0A3", headers=AUTH).status_code == 422
 
 
 def test_health_needs_no_token(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_named_tokens_are_who_the_audit_records(client: TestClient) -> None:
+    add_study(client, "9.1", "9.1.1")
+    assert client.get("/api/studies/9.1", headers={"Authorization": "Bearer tok-alice"}).status_code == 200
+    assert client.put("/api/studies/9.1/read", headers={"Authorization": "Bearer tok-bob"}).json()["read_by"] == "bob"
+    assert client.get("/api/studies/9.1", headers=AUTH).json()["read"] is True
+    assert audit_rows(client) == [("alice", "api", "9.1"), ("bob", "mark_read", "9.1"), ("api-token", "api", "9.1")]
+    events = client.get("/api/studies/9.1/audit", headers=AUTH).json()
+    assert [e["actor"] for e in events] == ["api-token", "bob", "alice"]  # newest first
+    unread = client.delete("/api/studies/9.1/read", headers=AUTH).json()
+    assert unread == {"study_uid": "9.1", "read": False, "read_at": None, "read_by": None}
+    assert client.put("/api/studies/9.9/read", headers=AUTH).status_code == 404
+
+
+def test_the_page_signs_in_with_a_token_and_keeps_a_cookie(client: TestClient) -> None:
+    add_study(client, "8.1", "8.1.1")
+    first = client.get("/studies/8.1?back=flag%3Dflagged", headers=HTML, follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"].startswith("/login?next=")
+    assert "DOE^JANE" not in client.get("/login", headers=HTML).text
+    refused = client.post("/login", data={"token": "nope", "next": "/"}, headers=HTML)
+    assert refused.status_code == 401 and "not valid" in refused.text
+    signed_in = client.post("/login", data={"token": "tok-alice", "next": "/studies/8.1"}, follow_redirects=False)
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/studies/8.1"
+    cookie = signed_in.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    page = client.get("/studies/8.1", headers=HTML)
+    assert page.status_code == 200 and "DOE^JANE" in page.text and "Signed in as <strong>alice</strong>" in page.text
+    assert client.get("/api/worklist/version").status_code == 200  # the page's live updates use the cookie
+    assert ("alice", "view", "8.1") in audit_rows(client)
+    # Sending someone elsewhere after login is not possible.
+    assert client.post("/login", data={"token": "tok-alice", "next": "//evil.example/x"},
+                       follow_redirects=False).headers["location"] == "/"
+    client.cookies.set("cxr_triage_session", "0" * 64 + ".alice")
+    assert client.get("/api/worklist/version").status_code == 401
+
+
+def test_mark_read_form_needs_its_csrf_token(client: TestClient) -> None:
+    add_study(client, "7.1", "7.1.1")
+    client.post("/login", data={"token": "tok-bob", "next": "/"})
+    page = client.get("/studies/7.1", headers=HTML).text
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert csrf is not None
+    forged = client.post("/studies/7.1/read", data={"action": "read"}, headers=HTML)
+    assert forged.status_code == 403
+    done = client.post("/studies/7.1/read", data={"action": "read", "csrf": csrf[1], "back": "read=unread"},
+                       follow_redirects=False)
+    assert done.status_code == 303 and done.headers["location"] == "/studies/7.1?back=read%3Dunread"
+    assert client.get("/api/studies/7.1", headers=AUTH).json()["read_by"] == "bob"
+
+
+def test_pictures_are_served_and_their_reads_audited(client: TestClient, tmp_path: Path) -> None:
+    picture = tmp_path / "p.png"
+    picture.write_bytes(PNG_BYTES)
+    add_study(client, "6.1", "6.1.1", preview=picture)
+    add_study(client, "6.2", "6.2.1", score=None, status=InstanceStatus.NOT_ANALYSED, reason="LATERAL_VIEW")
+    detail = client.get("/api/studies/6.1", headers=AUTH).json()
+    instance = detail["instances"][0]
+    assert instance["preview_url"] == "/api/studies/6.1/images/6.1.1/preview.png"
+    for url in (instance["preview_url"], instance["heatmap_url"]):
+        response = client.get(url, headers=AUTH)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert response.content == PNG_BYTES and "no-store" in response.headers["cache-control"]
+    missing = client.get("/api/studies/6.2/images/6.2.1/preview.png", headers=AUTH)
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+    assert client.get("/api/studies/6.2/images/6.1.1/preview.png", headers=AUTH).status_code == 404  # other study
+    picture.unlink()
+    assert client.get(instance["preview_url"], headers=AUTH).status_code == 404
+    assert [row for row in audit_rows(client) if row[1] == "image"] == [("api-token", "image", "6.1")] * 2
+
+
+def test_metrics_need_the_token_and_count_from_the_database(client: TestClient) -> None:
+    add_study(client, "5.1", "5.1.1", score=0.7)
+    add_study(client, "5.2", "5.2.1", score=None, status=InstanceStatus.FAILED, reason="NO_PIXEL_DATA")
+    text = client.get("/metrics", headers=AUTH).text
+    assert "cxr_triage_instances_received_total 2.0" in text
+    assert 'cxr_triage_instances_processed_total{outcome="done"} 1.0' in text
+    assert 'cxr_triage_instances_failed_total{reason="NO_PIXEL_DATA"} 1.0' in text
+    assert 'cxr_triage_queue_depth{state="queued"} 0.0' in text
+    assert 'cxr_triage_score_bucket{le="0.7",model_version="m1"} 1.0' in text
+    assert 'cxr_triage_score_bucket{le="0.6",model_version="m1"} 0.0' in text
+    assert "cxr_triage_receive_to_flag_seconds_count 2.0" in text
+    assert "cxr_triage_untrained_model_in_use 1.0" in text
+
+
+def test_model_card_is_served_when_it_exists(client: TestClient, tmp_path: Path) -> None:
+    absent = client.get("/api/model-card", headers=AUTH)
+    assert absent.status_code == 404 and "no model card" in absent.json()["detail"]
+    client.post("/login", data={"token": "tok-alice", "next": "/"})
+    assert "model/MODEL_CARD.md</code> is absent" in client.get("/model", headers=HTML).text
+    (tmp_path / "MODEL_CARD.md").write_text("# ResNet50 CXR\nIntended use: triage.\n")
+    assert client.get("/api/model-card", headers=AUTH).text.startswith("# ResNet50 CXR")
+    assert "Intended use: triage." in client.get("/model", headers=HTML).text
+    assert client.get("/api/models", headers=AUTH).json()["model_card_available"] is True
+
+
+def test_pages_say_triage_support_and_lock_themselves_down(client: TestClient) -> None:
+    add_study(client, "4.1", "4.1.1")
+    client.post("/login", data={"token": "tok-alice", "next": "/"})
+    for path in ("/", "/studies/4.1", "/model"):
+        page = client.get(path, headers=HTML)
+        assert page.status_code == 200
+        assert "Triage support only — not a diagnosis." in page.text
+        assert "UNTRAINED MODEL — scores are meaningless" in page.text
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["cache-control"] == "no-store"
+    assert client.get("/studies/nope", headers=HTML).status_code == 404
+    assert "text/html" in client.get("/studies/nope", headers=HTML).headers["content-type"]
+
+
+def test_without_a_token_everyone_is_the_loopback_demo(tmp_path: Path) -> None:
+    client = TestClient(create_app(f"sqlite:///{tmp_path / 'demo.sqlite3'}"))
+    add_study(client, "3.1", "3.1.1")
+    assert client.get("/api/studies/3.1").status_code == 200
+    assert client.get("/login", follow_redirects=False).status_code == 303
+    assert audit_rows(client) == [("loopback-demo", "api", "3.1")]
+
+
+def test_a_crash_is_a_500_problem_without_details_and_health_says_503(client: TestClient, tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    broken = sessionmaker(create_engine(f"sqlite:///{tmp_path / 'no-such-folder' / 'x.sqlite3'}"))
+    client.app.state.sessions = broken  # type: ignore[attr-defined]
+    quiet = TestClient(client.app, raise_server_exceptions=False)
+    response = quiet.get("/api/worklist", headers=AUTH)
+    assert response.status_code == 500 and response.headers["content-type"] == "application/problem+json"
+    assert response.json()["title"] == "Internal Server Error" and "sqlite" not in response.text.lower()
+    health = quiet.get("/healthz")
+    assert health.status_code == 503 and health.json()["detail"] == "the database is unreachable"

@@ -194,3 +194,36 @@ def test_page_lists_studies_with_reasons_and_the_untrained_banner(stack: Stack, 
     assert "Triage support only" in page.text
     row = page.text.split(f'data-study-uid="{ds.StudyInstanceUID}"', 1)[1].split("</tr>", 1)[0]
     assert "not analysed: LATERAL_VIEW" in row and "SYNTHETIC^PATIENT77" in row
+
+
+def test_every_encoding_is_accepted_and_stored_as_received(stack: Stack, tmp_path: Path) -> None:
+    """RLE, deflate, big endian, JPEG lossless, JPEG-LS, JPEG 2000…: accepted, kept byte for byte, classified."""
+    from pydicom.uid import generate_uid
+
+    from pixel_samples import LOSSLESS, LOSSY, dataset_from_pixels, encode
+    from dicom_io.synthetic import chest_pixels
+
+    peers.require_dcmtk()
+    study_uid = generate_uid()
+    files = []
+    for syntax in LOSSLESS + LOSSY:
+        folder = tmp_path / syntax
+        folder.mkdir()
+        source = dataset_from_pixels(chest_pixels(256, 224))
+        source.StudyInstanceUID = study_uid
+        source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        received = encode(source, syntax, folder)
+        files.append(folder / f"{syntax}.dcm")
+        assert received.file_meta.TransferSyntaxUID == syntax
+    sent = peers.storescu(files, stack.dicom_port, calling_aet="STORESCU")
+    assert sent.ok, sent.log[-3000:]
+    study = stack.wait_for_study(study_uid)
+    assert len(study["instances"]) == len(files)
+    assert all(i["status"] == "DONE" for i in study["instances"]), study["instances"]
+    stored = {row[0]: row[1] for row in stack.sql("SELECT transfer_syntax_uid, spool_path FROM instances")}
+    for path in files:
+        syntax = path.stem
+        original = dcmread(path)
+        kept = dcmread(stored[syntax])
+        assert kept.file_meta.TransferSyntaxUID == syntax
+        assert kept.PixelData == original.PixelData, syntax  # no transcoding on receive

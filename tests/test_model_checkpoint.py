@@ -79,3 +79,20 @@ def test_wrong_architecture_and_wrong_tensors_are_rejected(tmp_path: Path) -> No
     (tmp_path / "c.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "c.safetensors")
+
+
+def test_trained_metadata_with_its_own_input_size_round_trips(tmp_path: Path) -> None:
+    """A model trained at another size carries it: serving preprocesses at the size the model was validated at."""
+    torch.manual_seed(2)
+    spec = PreprocessSpec(size=96)
+    metadata = CheckpointMetadata(
+        version="t96", trained=True, threshold=0.31, input_size=96, preprocessing=spec.to_dict(),
+        training_data={"recipe": {"epochs_by_size": {"96": 6.0, "128": 1.0}}, "train_images": 10},
+        validation_metrics={"auc": 0.97, "auc_ci95": [0.95, 0.98], "sensitivity": 0.95})
+    path = tmp_path / "t96.safetensors"
+    save_checkpoint(build_network().eval(), metadata, path)
+    assert read_metadata(path) == metadata
+    classifier = Classifier(path, device="cpu")
+    assert classifier.preprocess == spec
+    batch = to_model_input(np.zeros((120, 100), dtype=np.float32), classifier.preprocess)[None]
+    assert batch.shape == (1, 3, 96, 96) and classifier.score(batch).shape == (1,)

@@ -63,10 +63,11 @@ def web_server(settings: Settings) -> uvicorn.Server:
     """The worklist server; refuses to leave loopback without an API token (the page shows patient data)."""
     from worklist.app import create_app
 
-    if not settings.api_token and not _is_loopback(settings.web_host):
+    if not (settings.api_token or settings.api_tokens) and not _is_loopback(settings.web_host):
         console.print(f"[red]TRIAGE_WEB_HOST={settings.web_host} is not loopback: set TRIAGE_API_TOKEN first[/red]")
         raise typer.Exit(2)
-    app_ = create_app(settings.effective_database_url, api_token=settings.api_token)
+    app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
+                      api_tokens=settings.api_tokens)
     config = uvicorn.Config(app_, host=settings.web_host,
                             port=settings.web_port, log_level=settings.log_level.lower())
     return uvicorn.Server(config)
@@ -156,17 +157,24 @@ def import_files(paths: Annotated[list[Path], typer.Argument(help="DICOM files o
 @app.command("worklist")
 def show_worklist(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    status: Annotated[Optional[str], typer.Option(help="PENDING, DONE or NOT_ANALYSED.")] = None,
+    status: Annotated[Optional[str], typer.Option(
+        help="PENDING, DONE, NOT_ANALYSED (includes FAILED) or FAILED.")] = None,
     flagged: Annotated[bool, typer.Option("--flagged", help="Only flagged studies.")] = False,
+    unread: Annotated[bool, typer.Option("--unread", help="Only studies nobody has marked read.")] = False,
+    search: Annotated[Optional[str], typer.Option(help="Words to find in patient name, ID or accession.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many studies.")] = 200,
 ) -> None:
-    """Print the prioritized worklist."""
+    """Print the prioritized worklist (the same order and fields as the page and GET /api/worklist)."""
     from worker.services import open_database
 
+    if status is not None and status.upper() not in queries.WorklistStatus.__members__:
+        raise typer.BadParameter(f"{status!r} is not one of {', '.join(queries.WorklistStatus.__members__)}",
+                                 param_hint="--status")
     settings = _settings()
     engine, sessions = open_database(settings.effective_database_url)
     with sessions() as session:
-        entries = queries.worklist(session, status=status, flagged=True if flagged else None, limit=limit)
+        entries = queries.worklist(session, status=status, flagged=True if flagged else None,
+                                   read=False if unread else None, text=search, limit=limit)
         untrained = queries.untrained_models_in_use(session)
     engine.dispose()
     if as_json:
@@ -176,26 +184,64 @@ def show_worklist(
 
 
 def print_worklist(entries: list[queries.WorklistEntry], untrained: bool) -> None:
+    from worklist.presentation import duration, reason_text, score, status_text
+
     if untrained:
         console.print(f"[bold white on red] {UNTRAINED_BANNER} [/]")
-    table = Table(title="Worklist (flagged first, then arrival order)", caption=TRIAGE_NOTICE)
-    for column in ("flag", "score", "status", "patient", "accession", "description", "images", "received",
-                   "model"):
-        table.add_column(column)
+    table = Table(title="Worklist (flagged first by score, then arrival order; read studies last in each group)",
+                  caption=TRIAGE_NOTICE)
+    keep_whole = {"flag", "score", "patient", "accession", "images", "received (UTC)", "to flag"}
+    for column in ("flag", "score", "status", "patient", "accession", "description", "images", "received (UTC)",
+                   "to flag", "model", "read"):
+        table.add_column(column, no_wrap=column in keep_whole, overflow="fold")
     for e in entries:
-        status = f"not analysed: {e.reason}" if e.status == "NOT_ANALYSED" else e.status.lower()
+        status = status_text(e.state, e.reason)
+        if reason_text(e.reason):
+            status += f" ({reason_text(e.reason)})"
         table.add_row(
-            "[bold red]FLAGGED[/]" if e.flag else "—",
-            f"{e.score:.3f}" if e.score is not None else "",
+            "[bold white on red]FLAGGED[/]" if e.flag else ("not flagged" if e.score is not None else "—"),
+            score(e.score),
             status,
             f"{e.patient_name} ({e.patient_id})",
             e.accession_number,
             e.study_description,
             str(e.images),
             e.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            duration(e.time_to_flag_s),
             (e.model_version or "") + (" (untrained)" if e.model_trained is False else ""),
+            f"read by {e.read_by}" if e.read else "unread",
         )
     console.print(table)
+
+
+@app.command()
+def inspect(
+    files: Annotated[list[Path], typer.Argument(help="DICOM files to inspect.")],
+    png: Annotated[Optional[Path], typer.Option("--png", help="Write <stem>.display.png and <stem>.input.png here.")
+                   ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file, one per line.")] = False,
+) -> None:
+    """Show the decision, reason, encoding and window for each file, and optionally what the model sees."""
+    from model.checkpoint import default_checkpoint, read_metadata
+    from triage.inspect import inspect_file
+
+    settings = _settings()
+    spec = read_metadata(Path(settings.model) if settings.model else default_checkpoint(settings.model_cache_dir)
+                         ).preprocess_spec
+    for path in files:
+        result = inspect_file(path, spec, png)
+        if as_json:
+            print(json.dumps(result.to_dict()))
+            continue
+        decision = "analysable" if result.analysable else f"not analysed: {result.reason}"
+        console.print(f"[bold]{path}[/]: {decision}")
+        console.print(f"  {result.transfer_syntax}; {result.photometric}; bits {result.bits_stored}/"
+                      f"{result.bits_allocated}, {'signed' if result.pixel_representation else 'unsigned'}; "
+                      f"{result.rows}×{result.columns}; window: {result.window}")
+        for line in ([result.detail] if result.detail else []) + result.notes:
+            console.print(f"  note: {line}")
+        if result.input_png:
+            console.print(f"  wrote {result.display_png} and {result.input_png}")
 
 
 @app.command()
@@ -208,6 +254,10 @@ def demo(
     from triage.demo import run_demo
 
     raise typer.Exit(run_demo(_settings(), once=once, source=source, timeout=timeout))
+
+
+from triage import training_cli  # noqa: E402
+training_cli.register(app)
 
 
 if __name__ == "__main__":

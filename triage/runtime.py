@@ -26,6 +26,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         requeue_after_s=settings.requeue_after_s,
         sweep_interval_s=settings.sweep_interval_s,
         max_retries=settings.task_max_retries,
+        previews_dir=(settings.data_dir / "previews").resolve(),
     )
 
 

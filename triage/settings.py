@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     )
     task_max_retries: int = 5
     log_level: str = "INFO"
+    api_tokens: str = Field(
+        "", description="More bearer tokens, each with a name the audit table records: 'alice=TOKEN,bob=TOKEN'.")
 
     @field_validator("allowed_calling_aets", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ class WorkerConfig:
     sweep_interval_s: float = 10.0
     max_attempts: int = 3  # claims per received copy before it is a poison message
     max_retries: int = 5
+    previews_dir: Path | None = None  # where the worker writes preview and heat map PNGs; None = none written
 
     @property
     def uses_embedded_broker(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -35,24 +36,9 @@ class Ingestor:
             path = self.spool.write(header.sop_instance_uid, instance.data)
         except OSError as exc:
             raise OutOfResources(f"spool write failed: {exc.strerror or exc}") from exc
-        record = queries.ReceivedRecord(
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            study_instance_uid=header.study_instance_uid,
-            series_instance_uid=header.series_instance_uid,
-            transfer_syntax_uid=header.transfer_syntax_uid,
-            modality=header.modality,
-            body_part=header.body_part,
-            view_position=header.view_position,
-            patient_name=header.patient_name,
-            patient_id=header.patient_id,
-            accession_number=header.accession_number,
-            study_date=header.study_date,
-            study_description=header.study_description,
-            spool_path=str(path),
-            size_bytes=len(instance.data),
-            calling_ae=instance.calling_ae,
-        )
+        # The same fields by design: db may not import dicom_io, so it has its own record type.
+        record = queries.ReceivedRecord(**asdict(header), spool_path=str(path), size_bytes=len(instance.data),
+                                        calling_ae=instance.calling_ae)
         try:
             with self.sessions.begin() as session:
                 item = queries.record_received(session, record)

@@ -12,12 +12,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.engine import make_engine, make_session_factory, migrate
 from db.models import InstanceStatus
-from dicom_io.checks import NO_PIXEL_DATA, UNREADABLE_PIXEL_DATA, assess
-from dicom_io.display import PixelDataError, display_image
-from model.checkpoint import default_checkpoint
+from dicom_io.checks import NO_PIXEL_DATA, UNREADABLE_PIXEL_DATA
+from dicom_io.display import PixelDataError
+from model.checkpoint import CheckpointMetadata, default_checkpoint
 from model.inference import Classifier
-from model.preprocess import to_model_input
 from worker.config import WorkerConfig
+from worker.preparation import prepare
+from worker.previews import write_previews
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,21 @@ SPOOL_FILE_MISSING = "SPOOL_FILE_MISSING"
 UNREADABLE_DICOM = "UNREADABLE_DICOM"
 TOO_MANY_ATTEMPTS = "TOO_MANY_ATTEMPTS"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+def checkpoint_path(config: WorkerConfig) -> Path:
+    return config.model_path or default_checkpoint(config.model_cache_dir)
+
+
+def register_model(sessions: sessionmaker[Session], config: WorkerConfig, metadata: CheckpointMetadata,
+                   sha256: str) -> float:
+    """Record the model (so the worklist knows it, untrained or not, before any result) and return the
+    operating threshold: the site's override, else the checkpoint's."""
+    threshold = config.threshold if config.threshold is not None else metadata.threshold
+    with sessions.begin() as session:
+        queries.register_model(session, sha256=sha256, version=metadata.version, trained=metadata.trained,
+                               threshold=threshold, metadata=json.loads(metadata.to_json()))
+    return threshold
 
 
 class Pipeline:
@@ -38,18 +54,8 @@ class Pipeline:
             migrate(engine)
             sessions = make_session_factory(engine)
         self.sessions = sessions
-        path = config.model_path or default_checkpoint(config.model_cache_dir)
-        self.classifier = Classifier(path, device=config.device)
-        self.threshold = config.threshold if config.threshold is not None else self.classifier.metadata.threshold
-        with self.sessions.begin() as session:
-            queries.register_model(
-                session,
-                sha256=self.classifier.sha256,
-                version=self.classifier.version,
-                trained=self.classifier.metadata.trained,
-                threshold=self.threshold,
-                metadata=json.loads(self.classifier.metadata.to_json()),
-            )
+        self.classifier = Classifier(checkpoint_path(config), device=config.device)
+        self.threshold = register_model(self.sessions, config, self.classifier.metadata, self.classifier.sha256)
 
     def process(self, instance_id: int, receive_count: int | None = None) -> queries.Outcome | None:
         """Claim, analyse and record one instance; None when there was nothing to do (stale or finished)."""
@@ -78,25 +84,31 @@ class Pipeline:
             return queries.Outcome(InstanceStatus.FAILED, SPOOL_FILE_MISSING, f"{path.name} is not in the spool")
         except Exception as exc:
             return queries.Outcome(InstanceStatus.FAILED, UNREADABLE_DICOM, f"{type(exc).__name__}: {exc}")
+        if "SOPClassUID" not in ds and "PixelData" not in ds:  # force=True turns any bytes into a "dataset"
+            return queries.Outcome(InstanceStatus.FAILED, UNREADABLE_DICOM, f"{path.name} is not a DICOM instance")
         try:
-            assessment = assess(ds)
-            if not assessment.analysable:
-                status = InstanceStatus.FAILED if assessment.reason in FAILURE_REASONS else InstanceStatus.NOT_ANALYSED
-                return queries.Outcome(status, assessment.reason)
-            display = display_image(ds)
-            batch = to_model_input(display, self.classifier.preprocess)[None]
-            score = float(self.classifier.score(batch)[0])
+            prepared = prepare(ds, self.classifier.preprocess)
+            if prepared.model_input is None:
+                reason = prepared.assessment.reason
+                status = InstanceStatus.FAILED if reason in FAILURE_REASONS else InstanceStatus.NOT_ANALYSED
+                return queries.Outcome(status, reason)
+            score = float(self.classifier.score(prepared.model_input[None])[0])
         except PixelDataError as exc:
             return queries.Outcome(InstanceStatus.FAILED, exc.reason, exc.detail[:2000])
         except Exception as exc:  # a bug or a decoder surprise must not loop forever: dead-letter it
             log.exception("instance file %s: unexpected error", path.name)
             return queries.Outcome(InstanceStatus.FAILED, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:2000])
+        assert prepared.rendering is not None
+        previews = write_previews(self.config.previews_dir, path.stem, prepared.rendering.image,
+                                  prepared.model_input[None], self.classifier, score)
         return queries.Outcome(
             InstanceStatus.DONE,
-            assumptions="; ".join(assessment.assumptions) or None,
+            assumptions="; ".join(prepared.notes) or None,
             score=score,
             threshold=self.threshold,
             model_version=self.classifier.version,
             model_sha256=self.classifier.sha256,
+            preview_path=previews.preview,
+            heatmap_path=previews.heatmap,
         )
 

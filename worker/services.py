@@ -77,7 +77,13 @@ class IngestService:
 def run_worker(config: WorkerConfig, *, pool: str = "solo", concurrency: int = 1, loglevel: str = "INFO",
                queues: str | None = None, hostname: str | None = None) -> None:
     """Run a Celery worker in this process (blocking). The model loads on the first task, in the child."""
-    open_database(config.database_url)[0].dispose()  # migrate before tasks arrive
+    from model.checkpoint import file_sha256, read_metadata  # torch: only in worker processes, not the listener
+    from worker.pipeline import checkpoint_path, register_model
+
+    engine, sessions = open_database(config.database_url)  # migrate before tasks arrive
+    path = checkpoint_path(config)
+    register_model(sessions, config, read_metadata(path), file_sha256(path))  # the page knows it from the start
+    engine.dispose()
     app = create_celery(config)
     argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--queues={queues or config.queue}",
             "--without-gossip", "--without-mingle", "--without-heartbeat"]

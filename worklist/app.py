@@ -1,109 +1,95 @@
-"""FastAPI app: the prioritized worklist as JSON and as a page; every view says it is triage support."""
+"""FastAPI app: the prioritized worklist as a page and a REST API; every view says it is triage support.
+
+Routes (``/docs`` shows the API): the page ``/``, ``/studies/{uid}``, ``/model``; the API under ``/api``;
+``/healthz``; ``/metrics`` (Prometheus). With tokens configured, everything but ``/healthz``, ``/login`` and
+``/static`` needs ``Authorization: Bearer <token>`` or the session cookie that ``/login`` sets.
+"""
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
 from db.engine import make_engine, make_session_factory, migrate
-from db.models import StudyStatus
+from worklist import api, metrics, pages, problems, schemas
+from worklist.auth import Tokens, identity, parse_tokens
+from worklist.deps import db_session
+from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, jinja_filters
 
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-TRIAGE_NOTICE = "Triage support only — not a diagnosis. Every study must still be read by a radiologist."
-UNTRAINED_NOTICE = "UNTRAINED MODEL — scores are meaningless"
+HERE = Path(__file__).parent
+MODEL_CARD = HERE.parent / "model" / "MODEL_CARD.md"  # ships in the model package when there is one
+# Pages may load only what this server serves; nothing may frame them (the read/unread buttons).
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+__all__ = ["create_app", "TRIAGE_NOTICE", "UNTRAINED_NOTICE"]
 
 
-def create_app(database_url: str, api_token: str = "") -> FastAPI:
-    """The app; with ``api_token`` set, every /api route needs ``Authorization: Bearer <token>``."""
+def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", poll_interval_s: float = 2.0,
+               model_card: Path | None = None) -> FastAPI:
+    """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
+    (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
+    must only listen on loopback (``triage.cli.web_server`` enforces that)."""
     engine = make_engine(database_url)
     migrate(engine)
     sessions: sessionmaker[Session] = make_session_factory(engine)
-    app = FastAPI(title="cxr-triage worklist", version="0.1.0", description=TRIAGE_NOTICE)
-    bearer = HTTPBearer(auto_error=False)
+    app = FastAPI(
+        title="cxr-triage worklist",
+        version="0.2.0",
+        description=f"{TRIAGE_NOTICE}\n\nErrors are RFC 9457 problem details (application/problem+json). "
+                    "With a token configured every route but /healthz needs `Authorization: Bearer <token>`.",
+    )
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters.update(jinja_filters())
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.tokens = Tokens(parse_tokens(api_token, api_tokens))
+    app.state.templates = templates
+    app.state.poll_interval_s = poll_interval_s
+    app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
+    registry = metrics.make_registry(sessions)
+    problems.install(app)
 
-    def session() -> Iterator[Session]:
-        with sessions() as db_session:
-            yield db_session
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")  # URLs carry study UIDs
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")  # patient data stays off shared disks
+        if response.headers.get("content-type", "").startswith("text/html") and \
+                not request.url.path.startswith(("/docs", "/redoc")):
+            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+            response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
 
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-        if not api_token:
-            return
-        if credentials is None or not secrets.compare_digest(credentials.credentials, api_token):
-            raise HTTPException(status_code=401, detail="a valid bearer token is required",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(HTTPException)
-    async def problem(_: Request, exc: HTTPException) -> JSONResponse:
-        # RFC 9457 problem details
-        return JSONResponse(
-            {"type": "about:blank", "title": exc.detail, "status": exc.status_code},
-            status_code=exc.status_code,
-            media_type="application/problem+json",
-            headers=exc.headers,
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(error["loc"]), "msg": error["msg"]} for error in exc.errors()]
-        return JSONResponse(
-            {"type": "about:blank", "title": "invalid request", "status": 422, "errors": errors},
-            status_code=422,
-            media_type="application/problem+json",
-        )
-
-    @app.get("/healthz")
-    def healthz(db: Session = Depends(session)) -> dict[str, str]:
-        db.execute(text("SELECT 1"))
+    @app.get("/healthz", response_model=schemas.Health, tags=["operations"],
+             responses={503: {"content": {"application/problem+json": {}}, "description": "Database unreachable"}},
+             summary="Liveness and database reachability (no token needed)")
+    def healthz(db: Session = Depends(db_session)) -> dict[str, str]:
+        try:
+            db.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise problems.Problem(503, "the database is unreachable") from exc
         return {"status": "ok"}
 
-    @app.get("/api/worklist", dependencies=[Depends(authorised)])
-    def api_worklist(
-        status: StudyStatus | None = Query(None, description="PENDING, DONE or NOT_ANALYSED"),
-        flagged: bool | None = Query(None),
-        limit: int = Query(200, ge=1, le=1000),
-        offset: int = Query(0, ge=0),
-        db: Session = Depends(session),
-    ) -> dict[str, Any]:
-        entries = queries.worklist(db, status=status.value if status else None, flagged=flagged, limit=limit,
-                                   offset=offset)
-        untrained = queries.untrained_models_in_use(db)
-        return {
-            "notice": TRIAGE_NOTICE,
-            "untrained_model": untrained,
-            "model_warning": UNTRAINED_NOTICE if untrained else None,
-            "items": [entry.to_dict() for entry in entries],
-        }
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+                        401: {"content": {"application/problem+json": {}}}},
+             summary="Prometheus metrics: instances received/processed/failed, queue depth, receive→flag "
+                     "latency, scores per model version")
+    def metrics_route(_who: str = Depends(identity)) -> Response:
+        return Response(metrics.render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/api/studies/{study_uid}", dependencies=[Depends(authorised)])
-    def api_study(study_uid: str, db: Session = Depends(session)) -> dict[str, Any]:
-        detail = queries.study_detail(db, study_uid)
-        if detail is None:
-            raise HTTPException(status_code=404, detail="study not found")
-        detail["notice"] = TRIAGE_NOTICE
-        return detail
-
-    @app.get("/", response_class=HTMLResponse)
-    def page(request: Request, db: Session = Depends(session)) -> HTMLResponse:
-        return TEMPLATES.TemplateResponse(
-            request,
-            "worklist.html",
-            {
-                "entries": queries.worklist(db),
-                "untrained": queries.untrained_models_in_use(db),
-                "notice": TRIAGE_NOTICE,
-                "untrained_notice": UNTRAINED_NOTICE,
-            },
-        )
-
-    app.state.engine = engine
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     return app

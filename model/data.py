@@ -1,0 +1,291 @@
+"""Training data: find labelled images, drop byte-identical duplicates, split by patient, decode into a cache.
+
+Images come from class folders (``NORMAL/``, ``PNEUMONIA/``, optionally ``COVID/`` …) of PNG, JPEG or DICOM.
+DICOM goes through ``dicom_io.display.display_image`` exactly as when serving; PNG/JPEG become grayscale [0, 1].
+The cache holds display images at ``cache_size`` (uint8); ``batch_to_model_input`` is the batched twin of
+``model.preprocess.to_model_input`` (same interpolation, clamp and normalisation; a test proves them equal).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.preprocess import PreprocessSpec, to_model_input
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
+DEFAULT_NEGATIVE = ("NORMAL",)
+DEFAULT_POSITIVE = ("PNEUMONIA",)
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 1 = positive class
+    patient: str
+    folder: str
+
+
+# --- patients -------------------------------------------------------------------------------------------------
+
+_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
+_IM = re.compile(r"^(?:NORMAL2-)?IM-(\d+)-\d+", re.IGNORECASE)
+
+
+def patient_from_name(name: str, folder: str = "") -> str:
+    """The patient a Kermany file name carries (``personN_…``; ``IM-XXXX-YYYY`` and ``NORMAL2-IM-XXXX-YYYY``: XXXX).
+
+    Names that carry no patient become their own patient (the file stem), which can only make a split stricter.
+    """
+    stem = Path(name).stem
+    match = _PERSON.match(stem)
+    if match:
+        return match.group(1).lower()
+    match = _IM.match(stem)
+    if match:
+        return f"im-{int(match.group(1))}"
+    return f"file:{folder}/{stem}"
+
+
+def covid_patients(root: Path) -> dict[str, str]:
+    """covid-ieee8023: file name in the folder → ``cohen:<patientid>`` (via MANIFEST.csv's source file name)."""
+    root = Path(root)
+    metadata = root / "metadata.csv"
+    manifest = root.parent / "MANIFEST.csv"
+    if not metadata.is_file():
+        return {}
+    by_source: dict[str, str] = {}
+    with open(metadata, newline="", encoding="utf-8", errors="replace") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("filename"):
+                by_source[row["filename"]] = f"cohen:{row.get('patientid', '').strip()}"
+    result: dict[str, str] = {}
+    if manifest.is_file():
+        with open(manifest, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                match = re.search(r"source file (.+?), ", row.get("source", ""))
+                if match and match.group(1) in by_source:
+                    result[Path(row["path"]).name] = by_source[match.group(1)]
+    for name, patient in by_source.items():  # copies that kept their source names
+        result.setdefault(name, patient)
+    return result
+
+
+# --- discovery ------------------------------------------------------------------------------------------------
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def discover(root: Path, negative: Sequence[str] = DEFAULT_NEGATIVE,
+             positive: Sequence[str] = DEFAULT_POSITIVE) -> list[Sample]:
+    """Every image under ``root/<class folder>/`` (recursively), labelled by its folder; sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such data folder")
+    patients = covid_patients(root)
+    samples: list[Sample] = []
+    for label, folders in ((0, negative), (1, positive)):
+        for folder in folders:
+            base = root / folder
+            if not base.is_dir():
+                continue
+            for path in sorted(base.rglob("*")):
+                if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+                    continue
+                patient = patients.get(path.name) or patient_from_name(path.name, folder)
+                samples.append(Sample(path=path, label=label, patient=patient, folder=folder))
+    if not samples:
+        raise FileNotFoundError(f"{root}: no images in {', '.join([*negative, *positive])}")
+    return sorted(samples, key=lambda s: str(s.path))
+
+
+def deduplicate(samples: Iterable[Sample]) -> tuple[list[Sample], dict[str, int]]:
+    """Keep the first of each group of byte-identical files; drop groups whose copies disagree on the label.
+
+    Copies of one image under different patient names join their patients (kept sample takes the first name), and
+    the returned stats say how many were removed.
+    """
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        groups[file_digest(sample.path)].append(sample)
+    kept: list[Sample] = []
+    stats = {"files": 0, "duplicate_groups": 0, "duplicates_removed": 0, "conflicting_groups_dropped": 0}
+    for members in groups.values():
+        stats["files"] += len(members)
+        if len(members) > 1:
+            stats["duplicate_groups"] += 1
+            if len({m.label for m in members}) > 1:
+                stats["conflicting_groups_dropped"] += 1
+                stats["duplicates_removed"] += len(members)
+                continue
+            stats["duplicates_removed"] += len(members) - 1
+        kept.append(members[0])
+    return sorted(kept, key=lambda s: str(s.path)), stats
+
+
+def patient_split(samples: Sequence[Sample], val_fraction: float = 0.15,
+                  seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Patient-disjoint split, stratified by the patient's label (a patient with any positive image is positive)."""
+    by_patient: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_patient[sample.patient].append(sample)
+    rng = random.Random(seed)
+    val_patients: set[str] = set()
+    for label in (0, 1):
+        group = sorted(p for p, members in by_patient.items() if max(m.label for m in members) == label)
+        rng.shuffle(group)
+        target = round(val_fraction * sum(len(by_patient[p]) for p in group))
+        count = 0
+        for patient in group:
+            if count >= target:
+                break
+            val_patients.add(patient)
+            count += len(by_patient[patient])
+    train = [s for s in samples if s.patient not in val_patients]
+    val = [s for s in samples if s.patient in val_patients]
+    return train, val
+
+
+# --- decoding -------------------------------------------------------------------------------------------------
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    return head[128:132] == b"DICM"
+
+
+def load_display(path: Path) -> np.ndarray:
+    """A 2-D float32 display image in [0, 1]: DICOM via the serving path, PNG/JPEG via PIL as grayscale."""
+    path = Path(path)
+    if _is_dicom(path):
+        from dicom_io.display import display_image
+        from dicom_io.files import read_dataset
+
+        return display_image(read_dataset(path))
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(image, dtype=np.float32)
+            peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+            return np.clip(array / peak, 0.0, 1.0).astype(np.float32)
+        return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
+
+
+def resize_display(display: np.ndarray, size: int) -> np.ndarray:
+    """The same antialiased bilinear stretch as ``to_model_input``, on the [0, 1] display image."""
+    if display.shape == (size, size):
+        return display.astype(np.float32, copy=False)
+    image = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None]
+    resized = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp_(0.0, 1.0)[0, 0].numpy()
+
+
+def build_cache(samples: Sequence[Sample], size: int = 224,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """(N, size, size) uint8 display images (8-bit sources are stored exactly)."""
+    cache = np.empty((len(samples), size, size), dtype=np.uint8)
+    for index, sample in enumerate(samples):
+        display = resize_display(load_display(sample.path), size)
+        cache[index] = np.clip(np.rint(display * 255.0), 0, 255).astype(np.uint8)
+        if progress:
+            progress(index + 1, len(samples))
+    return cache
+
+
+def cached_dataset(samples: Sequence[Sample], cache_file: Path, size: int = 224,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Decode once, keep the uint8 cache on disk keyed by the file list, reuse it on the next run (resume)."""
+    key = hashlib.sha256("\n".join(f"{s.path}|{s.label}" for s in samples).encode()).hexdigest()[:16]
+    cache_file = Path(cache_file)
+    path = cache_file.with_name(f"{cache_file.stem}-{size}-{key}.npy")
+    if path.is_file():
+        return np.load(path, mmap_mode=None)
+    cache = build_cache(samples, size, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part.npy")
+    np.save(tmp, cache)
+    tmp.replace(path)
+    return cache
+
+
+# --- batched preprocessing (the twin of to_model_input) -----------------------------------------------------------
+
+def displays_from_cache(cache: np.ndarray, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """(N, H, W) float32 display images in [0, 1] from the uint8 cache."""
+    return torch.from_numpy(cache[np.asarray(indices)]).float().div_(255.0)
+
+
+def resize_batch(displays: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, H, W) → (N, 1, size, size): the interpolation and clamp of ``to_model_input``."""
+    resized = F.interpolate(displays[:, None], size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)
+    return resized.clamp_(0.0, 1.0)
+
+
+def normalize_batch(resized: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(N, 1, S, S) in [0, 1] → (N, 3, S, S) normalised as ``to_model_input`` does."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=resized.device)[None, :, None, None]
+    std = torch.tensor(spec.std, dtype=torch.float32, device=resized.device)[None, :, None, None]
+    return ((resized.expand(-1, 3, -1, -1) - mean) / std).contiguous()
+
+
+def batch_to_model_input(displays: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """Batched ``to_model_input``: identical per image (tests/test_training.py checks it)."""
+    return normalize_batch(resize_batch(displays, spec.size), spec)
+
+
+def reference_inputs(displays: Sequence[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
+    """The serving function applied one by one (used by tests and by evaluation of files)."""
+    return torch.stack([to_model_input(d, spec) for d in displays])
+
+
+# --- augmentation ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Chest-appropriate augmentation. No horizontal flip: the heart is on the left, and a flipped film is a
+    different (dextrocardia-like) anatomy plus mirrored side markers, so flipping teaches the wrong invariance."""
+
+    rotation_deg: float = 7.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    translate: float = 0.06
+    brightness: float = 0.08
+    contrast: tuple[float, float] = (0.8, 1.2)
+    gamma: tuple[float, float] = (0.8, 1.25)
+
+
+def augment_batch(resized: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+    """Random affine (rotation, scale, translation; border pixels repeated) then brightness/contrast/gamma,
+    on (N, 1, S, S) display images in [0, 1]; returns images in [0, 1]."""
+    n = resized.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (high - low) + low
+
+    angle = uniform(-spec.rotation_deg, spec.rotation_deg) * (torch.pi / 180.0)
+    scale = uniform(*spec.scale)
+    tx, ty = uniform(-spec.translate, spec.translate) * 2, uniform(-spec.translate, spec.translate) * 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(resized.shape), align_corners=False)
+    out = F.grid_sample(resized, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gamma = torch.exp(uniform(float(np.log(spec.gamma[0])), float(np.log(spec.gamma[1]))))[:, None, None, None]
+    out = out.clamp(1e-6, 1.0) ** gamma
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = uniform(*spec.contrast)[:, None, None, None]
+    brightness = uniform(-spec.brightness, spec.brightness)[:, None, None, None]
+    return ((out - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)

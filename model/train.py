@@ -1,0 +1,467 @@
+"""Training: ResNet50, SGD with momentum, class-weighted cross-entropy, warm-up + cosine learning rate, progressive
+resizing, chest-appropriate augmentation, early stopping on validation AUC, resumable state every epoch, and a JSON +
+text log of every epoch. The result is one checkpoint (``model.checkpoint``) whose preprocessing is the size it was
+validated at, with the operating threshold chosen on validation data for a target sensitivity.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import CheckpointMetadata, save_checkpoint
+from model.data import (AugmentSpec, Sample, augment_batch, cached_dataset, deduplicate, discover,
+                        displays_from_cache, normalize_batch, patient_split, resize_batch)
+from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
+from model.network import ARCHITECTURE, build_network
+from model.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+def parse_stages(text: str) -> list[tuple[int, float]]:
+    """``"128:6,224:1"`` → [(128, 6.0), (224, 1.0)]: epochs per input size (a fraction = part of an epoch)."""
+    stages = []
+    for part in text.split(","):
+        size, _, epochs = part.strip().partition(":")
+        stages.append((int(size), float(epochs or 1)))
+        if stages[-1][0] < 32 or stages[-1][1] <= 0:
+            raise ValueError(f"bad stage {part!r}: size >= 32 and epochs > 0 wanted")
+    return stages
+
+
+@dataclass
+class TrainConfig:
+    data: list[Path]
+    out: Path
+    negative: tuple[str, ...] = ("NORMAL",)
+    positive: tuple[str, ...] = ("PNEUMONIA",)
+    stages: list[tuple[int, float]] = field(default_factory=lambda: [(128, 6.0), (224, 1.0)])
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    val_fraction: float = 0.15
+    seed: int = 0
+    patience: int = 3
+    target_sensitivity: float = 0.95
+    balance: str = "weights"  # "weights" (class-weighted loss) or "sampler" (balanced sampling)
+    augment: bool = True
+    init_weights: Path | None = None
+    device: str = ""
+    max_minutes: float | None = None
+    output: Path | None = None
+    min_auc: float = 0.9
+    version: str = ""
+    bootstrap: int = 1000
+    cache_size: int = 224
+    threads: int = 0
+    clip_grad_norm: float = 5.0
+    zero_init_residual: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value)
+        data["data"] = [str(p) for p in self.data]
+        data["stages"] = [list(s) for s in self.stages]
+        return data
+
+
+def epoch_plan(stages: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """One (size, fraction of an epoch) per epoch."""
+    plan: list[tuple[int, float]] = []
+    for size, epochs in stages:
+        whole = int(epochs)
+        plan += [(size, 1.0)] * whole
+        if epochs - whole > 1e-6:
+            plan.append((size, epochs - whole))
+    return plan
+
+
+def learning_rate(step: int, total: int, warmup: int, peak: float) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+class EpochLog:
+    """``epochs.jsonl`` (one JSON object per epoch) and ``train.log`` (text) in the run folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def text(self, message: str) -> None:
+        line = f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} {message}"
+        with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        print(line, file=sys.stderr, flush=True)
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        with open(self.folder / "epochs.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _param_groups(network: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, param in network.named_parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on BN weights and biases
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def zero_init_residual(network: torch.nn.Module) -> None:
+    """Start every residual block as the identity (last BN scale 0, Goyal et al. 2017): from-scratch training
+    is far more stable in its first steps. Same architecture; only the initial values differ."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    for module in network.modules():
+        if isinstance(module, Bottleneck):
+            torch.nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, BasicBlock):
+            torch.nn.init.zeros_(module.bn2.weight)
+
+
+def load_init_weights(network: torch.nn.Module, path: Path) -> list[str]:
+    """Initialise from a torchvision weights file (e.g. resnet50-*.pth or a .safetensors); the head is dropped when
+    its shape differs. Returns the names left at their random initialisation."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = network.state_dict()
+    usable = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and v.shape == own[k].shape}
+    network.load_state_dict(usable, strict=False)
+    return sorted(set(own) - set(usable))
+
+
+@torch.no_grad()
+def predict_cache(network: torch.nn.Module, cache: np.ndarray, size: int, spec: PreprocessSpec,
+                  device: torch.device, batch_size: int = 64) -> np.ndarray:
+    """Positive-class probabilities for every cached display image, preprocessed at ``size``."""
+    network.eval()
+    scores = []
+    for start in range(0, len(cache), batch_size):
+        displays = displays_from_cache(cache, np.arange(start, min(start + batch_size, len(cache))))
+        inputs = normalize_batch(resize_batch(displays, size), spec).to(device)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            logits = network(inputs)
+        scores.append(torch.softmax(logits.float(), 1)[:, 1].cpu().numpy())
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def prepare_data(config: TrainConfig, logger: EpochLog) -> dict[str, Any]:
+    samples: list[Sample] = []
+    for root in config.data:
+        samples += discover(root, config.negative, config.positive)
+    samples, dedup = deduplicate(samples)
+    train, val = patient_split(samples, config.val_fraction, config.seed)
+    if not train or not val or len({s.label for s in val}) < 2:
+        raise ValueError("the data is too small for a patient-disjoint split with both classes in validation")
+    logger.text(f"data: {len(samples)} unique images ({dedup['duplicates_removed']} duplicates removed in "
+                f"{dedup['duplicate_groups']} groups); train {len(train)} "
+                f"({sum(s.label for s in train)} positive), val {len(val)} ({sum(s.label for s in val)} positive); "
+                f"patients train {len({s.patient for s in train})}, val {len({s.patient for s in val})}")
+    started = time.time()
+    cache_base = config.out / "cache" / "displays"
+
+    def progress(done: int, total: int) -> None:
+        if done % 500 == 0 or done == total:
+            logger.text(f"decoding {done}/{total}")
+
+    train_cache = cached_dataset(train, cache_base.with_name("train"), config.cache_size, progress)
+    val_cache = cached_dataset(val, cache_base.with_name("val"), config.cache_size, progress)
+    logger.text(f"decoded inputs cached in {time.time() - started:.1f} s")
+    summary = {
+        "sources": [str(p) for p in config.data],
+        "negative_folders": list(config.negative), "positive_folders": list(config.positive),
+        "deduplication": dedup,
+        "train_images": len(train), "train_positive": sum(s.label for s in train),
+        "val_images": len(val), "val_positive": sum(s.label for s in val),
+        "train_patients": len({s.patient for s in train}), "val_patients": len({s.patient for s in val}),
+        "split": f"patient-disjoint, stratified by patient label, val_fraction={config.val_fraction}, "
+                 f"seed={config.seed}",
+    }
+    (config.out / "split.json").write_text(json.dumps(
+        {"train": [str(s.path) for s in train], "val": [str(s.path) for s in val]}, indent=0))
+    return {"train": train, "val": val, "train_cache": train_cache, "val_cache": val_cache, "summary": summary}
+
+
+def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; return the summary (also written to ``out/summary.json``)."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(config, on_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    started_wall = time.time()
+    deadline = started_wall + config.max_minutes * 60 if config.max_minutes else None
+    config.out.mkdir(parents=True, exist_ok=True)
+    logger = EpochLog(config.out)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    data = prepare_data(config, logger)
+    train_cache, val_cache = data["train_cache"], data["val_cache"]
+    train_labels = np.array([s.label for s in data["train"]], dtype=np.int64)
+    val_labels = np.array([s.label for s in data["val"]], dtype=np.int64)
+
+    network = build_network(2)
+    if config.zero_init_residual:
+        zero_init_residual(network)
+    if config.init_weights:
+        fresh = load_init_weights(network, config.init_weights)
+        logger.text(f"initialised from {config.init_weights}; left random: {fresh}")
+    network = network.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(_param_groups(network, config.weight_decay), lr=config.lr,
+                                momentum=config.momentum)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    counts = np.bincount(train_labels, minlength=2).astype(np.float64)
+    class_weight = (torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
+                    if config.balance == "weights" else None)
+    if class_weight is not None:
+        class_weight = class_weight.to(device)
+    spec_base = PreprocessSpec()
+    augment = AugmentSpec()
+
+    plan = epoch_plan(config.stages)
+    steps_per_epoch = [max(1, int(round(frac * len(train_labels) / config.batch_size))) for _, frac in plan]
+    total_steps = sum(steps_per_epoch)
+    warmup = max(1, int(config.warmup_epochs * len(train_labels) / config.batch_size))
+
+    state_path = config.out / "last.pt"
+    start_epoch, step = 0, 0
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"auc": -1.0}
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state.get("plan") == [list(p) for p in plan]:
+            network.load_state_dict(state["network"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
+            torch.set_rng_state(state["torch_rng"])
+            logger.text(f"resumed after epoch {start_epoch} (best val AUC {best['auc']:.4f})")
+        else:
+            logger.text("last.pt is from another plan: starting afresh")
+    logger.text(f"plan: {[f'{s}px x{f:g}' for s, f in plan]}, {total_steps} steps, batch {config.batch_size}, "
+                f"device {device}, threads {torch.get_num_threads()}")
+    (config.out / "config.json").write_text(json.dumps(config.to_json(), indent=2))
+
+    stop_reason = "completed plan"
+    epochs_without_gain = 0
+    if history:
+        epochs_without_gain = history[-1].get("epochs_without_gain", 0)
+    for epoch in range(start_epoch, len(plan)):
+        size, fraction = plan[epoch]
+        if deadline and history:
+            rate = history[-1]["train_images_per_s"] * (history[-1]["size"] / size) ** 2
+            needed = steps_per_epoch[epoch] * config.batch_size / rate + history[-1]["val_seconds"] * (size / history[-1]["size"]) ** 2
+            if time.time() + needed > deadline:
+                stop_reason = f"time budget: epoch {epoch + 1} at {size}px would need ~{needed / 60:.0f} min"
+                logger.text(stop_reason)
+                break
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        if config.balance == "sampler":
+            weights = torch.tensor(1.0 / counts[train_labels], dtype=torch.float64)
+            order = torch.multinomial(weights, steps_per_epoch[epoch] * config.batch_size, True, generator=generator)
+        else:
+            order = torch.cat([torch.randperm(len(train_labels), generator=generator)
+                               for _ in range(math.ceil(fraction) or 1)])
+        order = order.numpy()
+        network.train()
+        epoch_start = time.time()
+        loss_sum, seen = 0.0, 0
+        for batch_index in range(steps_per_epoch[epoch]):
+            indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
+            if len(indices) == 0:
+                break
+            displays = displays_from_cache(train_cache, indices)
+            resized = resize_batch(displays, size)
+            if config.augment:
+                resized = augment_batch(resized, augment, generator)
+            inputs = normalize_batch(resized, spec_base).to(device).contiguous(memory_format=torch.channels_last)
+            targets = torch.from_numpy(train_labels[indices]).to(device)
+            lr = learning_rate(step, total_steps, warmup, config.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                logits = network(inputs)
+                loss = F.cross_entropy(logits.float(), targets, weight=class_weight)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            loss_sum += float(loss.detach()) * len(indices)
+            seen += len(indices)
+            if (batch_index + 1) % 20 == 0 or batch_index + 1 == steps_per_epoch[epoch]:
+                elapsed = time.time() - epoch_start
+                logger.text(f"epoch {epoch + 1}/{len(plan)} {size}px batch {batch_index + 1}/"
+                            f"{steps_per_epoch[epoch]} loss {loss_sum / seen:.4f} lr {lr:.4f} "
+                            f"{seen / elapsed:.1f} img/s")
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"loss is not finite at step {step}")
+        train_seconds = time.time() - epoch_start
+        val_start = time.time()
+        scores = predict_cache(network, val_cache, size, spec_base, device)
+        val_seconds = time.time() - val_start
+        auc = roc_auc(scores, val_labels)
+        threshold = threshold_for_sensitivity(scores, val_labels, config.target_sensitivity)
+        predicted = scores >= threshold
+        specificity = float(np.mean(~predicted[val_labels == 0]))
+        improved = auc > best["auc"]
+        epochs_without_gain = 0 if improved else epochs_without_gain + 1
+        record = {"epoch": epoch + 1, "size": size, "fraction": fraction, "steps": step, "lr_end": lr,
+                  "train_loss": loss_sum / max(seen, 1), "train_images": seen,
+                  "train_seconds": round(train_seconds, 1), "train_images_per_s": seen / train_seconds,
+                  "val_seconds": round(val_seconds, 1), "val_auc": auc,
+                  "val_threshold_at_target": threshold, "val_specificity_at_target": specificity,
+                  "val_accuracy_at_0.5": float(np.mean((scores >= 0.5) == (val_labels == 1))),
+                  "improved": improved, "epochs_without_gain": epochs_without_gain,
+                  "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        history.append(record)
+        logger.epoch(record)
+        logger.text(f"epoch {epoch + 1} done: {size}px loss {record['train_loss']:.4f} val AUC {auc:.4f} "
+                    f"spec@sens{config.target_sensitivity:g} {specificity:.3f} ({train_seconds / 60:.1f}+"
+                    f"{val_seconds / 60:.1f} min){' *best*' if improved else ''}")
+        np.save(config.out / f"val_scores_epoch{epoch + 1}.npy", scores)
+        if improved:
+            best = {"auc": auc, "epoch": epoch + 1, "size": size}
+            torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, config.out / "best.pt")
+            np.save(config.out / "best_val_scores.npy", scores)
+        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "step": step, "history": history, "best": best, "plan": [list(p) for p in plan],
+                    "torch_rng": torch.get_rng_state()}, state_path.with_suffix(".part"))
+        state_path.with_suffix(".part").replace(state_path)
+        if on_epoch:
+            on_epoch(record)
+        if epochs_without_gain >= config.patience:
+            stop_reason = f"early stop: no validation AUC gain for {config.patience} epochs"
+            logger.text(stop_reason)
+            break
+    return finish(config, data, history, best, stop_reason, time.time() - started_wall, logger)
+
+
+def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, Any]], best: dict[str, Any],
+           stop_reason: str, wall_seconds: float, logger: EpochLog) -> dict[str, Any]:
+    """Operating threshold and validation metrics for the best epoch; write the checkpoint when good enough."""
+    val_labels = np.array([s.label for s in data["val"]], dtype=np.int64)
+    summary: dict[str, Any] = {"stop_reason": stop_reason, "wall_seconds": round(wall_seconds, 1),
+                               "history": history, "best": best, "checkpoint": None}
+    if best.get("auc", -1) < 0:
+        logger.text("no epoch finished: nothing to write")
+        return summary
+    scores = np.load(config.out / "best_val_scores.npy")
+    threshold = threshold_for_sensitivity(scores, val_labels, config.target_sensitivity)
+    metrics = metrics_with_intervals(scores, val_labels, threshold, n_boot=config.bootstrap, seed=config.seed)
+    metrics["target_sensitivity"] = config.target_sensitivity
+    metrics["epoch"] = best["epoch"]
+    summary["validation_metrics"] = metrics
+    logger.text(f"best epoch {best['epoch']} ({best['size']}px): AUC {metrics['auc']:.4f} "
+                f"{metrics['auc_ci95']}, threshold {threshold:.4f} sensitivity {metrics['sensitivity']:.4f} "
+                f"specificity {metrics['specificity']:.4f}")
+    sizes: dict[int, float] = {}
+    for record in history[:best["epoch"]]:
+        sizes[record["size"]] = sizes.get(record["size"], 0.0) + record["fraction"]
+    recipe = {
+        "optimizer": f"SGD momentum {config.momentum}, weight decay {config.weight_decay} (not on BN/bias)",
+        "loss": "cross-entropy, " + ("class-weighted" if config.balance == "weights" else "balanced sampling"),
+        "lr": f"peak {config.lr}, linear warm-up {config.warmup_epochs} epoch, cosine to 1%",
+        "batch_size": config.batch_size,
+        "epochs_by_size": {str(k): v for k, v in sizes.items()},
+        "augmentation": asdict(AugmentSpec()) if config.augment else None,
+        "horizontal_flip": False, "init": str(config.init_weights) if config.init_weights else "random",
+        "seed": config.seed, "stop_reason": stop_reason, "wall_minutes": round(wall_seconds / 60, 1),
+        "device": config.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    }
+    training_data = {**data["summary"], "recipe": recipe}
+    if metrics["auc"] < config.min_auc:
+        logger.text(f"validation AUC {metrics['auc']:.4f} < {config.min_auc}: no checkpoint written")
+    else:
+        network = build_network(2)
+        network.load_state_dict(torch.load(config.out / "best.pt", map_location="cpu", weights_only=True))
+        size = int(best["size"])
+        version = config.version or (f"{ARCHITECTURE}-{datetime.now(timezone.utc).strftime('%Y%m%d')}"
+                                     f"-auc{metrics['auc']:.3f}")
+        metadata = CheckpointMetadata(
+            version=version, trained=True, threshold=float(threshold), input_size=size,
+            preprocessing=PreprocessSpec(size=size).to_dict(), training_data=training_data,
+            validation_metrics=_jsonable(metrics))
+        output = config.output or (config.out / "model.safetensors")
+        sha = save_checkpoint(network, metadata, output)
+        summary["checkpoint"] = {"path": str(output), "sha256": sha, "bytes": output.stat().st_size,
+                                 "version": version}
+        logger.text(f"checkpoint {output} sha256 {sha} ({output.stat().st_size / 1e6:.1f} MB)")
+    (config.out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    return summary
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m model.train DATA OUT [stages]`` for background runs without the CLI."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, action="append", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--stages", default="128:6,224:1")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--max-minutes", type=float)
+    parser.add_argument("--output", type=Path)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--version", default="")
+    parser.add_argument("--min-auc", type=float, default=0.9)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--warmup-epochs", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    config = TrainConfig(data=args.data, out=args.out, stages=parse_stages(args.stages), batch_size=args.batch_size,
+                         lr=args.lr, max_minutes=args.max_minutes, output=args.output, patience=args.patience,
+                         version=args.version, min_auc=args.min_auc, warmup_epochs=args.warmup_epochs,
+                         threads=args.threads)
+    summary = train(config)
+    return 0 if summary.get("checkpoint") else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

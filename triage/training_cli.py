@@ -1,0 +1,164 @@
+"""``cxr-triage train``, ``cxr-triage evaluate`` and ``cxr-triage model info``: registered onto the main Typer app."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+DataOption = Annotated[list[Path], typer.Option("--data", help="Folder with NORMAL/ and positive class folders "
+                                                              "(PNG, JPEG or DICOM); repeat to combine.")]
+
+
+def _split_folders(values: list[str]) -> tuple[str, ...]:
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def _default_model() -> Path:
+    from model.checkpoint import default_checkpoint
+    from triage.settings import Settings
+
+    settings = Settings()
+    if settings.model:
+        return Path(settings.model)
+    return default_checkpoint(settings.model_cache_dir)
+
+
+def train_command(
+    data: DataOption,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder: cache, logs, resumable state "
+                                                      "(default var/train/<UTC time>). Rerun to resume.")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Where to write the checkpoint (default OUT/model.safetensors)."
+                                                   )] = None,
+    stages: Annotated[str, typer.Option(help="Progressive resizing, SIZE:EPOCHS,…; the last size is the model's input "
+                                             "size (a fraction trains part of an epoch).")] = "96:6,128:1",
+    positive_folder: Annotated[list[str], typer.Option(help="Folders of the positive class (repeat or comma-separate), "
+                                                             "e.g. PNEUMONIA,COVID,OTHER_PNEUMONIA.")] = ["PNEUMONIA"],
+    negative_folder: Annotated[list[str], typer.Option(help="Folders of the negative class.")] = ["NORMAL"],
+    batch_size: int = 16,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD).")] = 0.02,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    warmup_epochs: float = 0.5,
+    val_fraction: Annotated[float, typer.Option(help="Share of images (whole patients) held out.")] = 0.15,
+    seed: int = 0,
+    patience: Annotated[int, typer.Option(help="Early stop after this many epochs without a val AUC gain.")] = 3,
+    target_sensitivity: Annotated[float, typer.Option(help="The threshold is chosen on validation data for this "
+                                                           "sensitivity.")] = 0.95,
+    balance: Annotated[str, typer.Option(help="'weights' (class-weighted loss) or 'sampler' (balanced sampling).")
+                       ] = "weights",
+    augment: Annotated[bool, typer.Option(help="Rotation/scale/translation and brightness/contrast/gamma; "
+                                               "never a horizontal flip.")] = True,
+    init_weights: Annotated[Optional[Path], typer.Option(help="Initialise from a torchvision ResNet50 weights file "
+                                                               "(.pth/.safetensors); the head is replaced.")] = None,
+    device: Annotated[str, typer.Option(help="torch device; empty = cuda when available.")] = "",
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop before an epoch that would end after this.")
+                           ] = None,
+    min_auc: Annotated[float, typer.Option(help="Write no checkpoint when validation AUC is below this.")] = 0.9,
+    version: Annotated[str, typer.Option(help="Model version string stored in the checkpoint.")] = "",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default). On a shared CPU, 1 thread can be "
+                                              "several times faster than 2 that fight another process.")] = 0,
+) -> None:
+    """Train the ResNet50 classifier (SGDM, cross-entropy) with a patient-disjoint validation split."""
+    from model.train import TrainConfig, parse_stages, train
+
+    if balance not in ("weights", "sampler"):
+        raise typer.BadParameter("balance must be 'weights' or 'sampler'")
+    run = out or Path("var/train") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    config = TrainConfig(
+        data=list(data), out=run, negative=_split_folders(negative_folder), positive=_split_folders(positive_folder),
+        stages=parse_stages(stages), batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, val_fraction=val_fraction, seed=seed, patience=patience,
+        target_sensitivity=target_sensitivity, balance=balance, augment=augment, init_weights=init_weights,
+        device=device, max_minutes=max_minutes, output=output, min_auc=min_auc, version=version,
+        bootstrap=bootstrap, threads=threads)
+    console.print(f"run folder {run} (epochs.jsonl, train.log; rerun the same command to resume)")
+    summary = train(config)
+    if not summary.get("checkpoint"):
+        console.print(f"[red]no checkpoint written[/red] ({summary.get('stop_reason')})")
+        raise typer.Exit(1)
+    metrics = summary["validation_metrics"]
+    console.print(f"checkpoint {summary['checkpoint']['path']} sha256 {summary['checkpoint']['sha256']}")
+    console.print(f"validation AUC {metrics['auc']:.4f} {metrics['auc_ci95']}, threshold {metrics['threshold']:.4f}, "
+                  f"sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}")
+
+
+def evaluate_command(
+    data: Annotated[Path, typer.Option(help="Folder with NORMAL/ and positive class folders.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.txt, scores.csv and PNG plots.")],
+    model: Annotated[Optional[Path], typer.Option(help="Checkpoint; default = TRIAGE_MODEL or the shipped model.")
+                     ] = None,
+    positive_folder: Annotated[list[str], typer.Option(help="Folders of the positive class (repeat or "
+                                                             "comma-separate).")] = ["PNEUMONIA"],
+    negative_folder: Annotated[list[str], typer.Option(help="Folders of the negative class.")] = ["NORMAL"],
+    threshold: Annotated[Optional[float], typer.Option(help="Override; default = TRIAGE_THRESHOLD or the "
+                                                            "checkpoint's.")] = None,
+    bootstrap: int = 1000,
+    device: str = "",
+) -> None:
+    """Confusion matrix, accuracy, recall, precision, specificity, F1, ROC AUC with 95% bootstrap intervals."""
+    from model.evaluate import evaluate
+    from model.metrics import format_table
+    from triage.settings import Settings
+
+    checkpoint = model or _default_model()
+    if threshold is None:
+        threshold = Settings().threshold
+    report = evaluate(data, checkpoint, out, negative=_split_folders(negative_folder),
+                      positive=_split_folders(positive_folder), threshold=threshold, n_boot=bootstrap, device=device)
+    if not report["model_trained"]:
+        console.print("[yellow]UNTRAINED MODEL: these numbers are meaningless[/yellow]")
+    console.print(f"model {report['model_version']} sha256 {report['model_sha256']}")
+    console.print(format_table(report))
+    console.print(f"report {Path(out) / 'report.json'}")
+
+
+model_app = typer.Typer(help="Inspect model checkpoints.", no_args_is_help=True)
+
+
+@model_app.command("info")
+def model_info(
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint; default = the model in use.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print a checkpoint's metadata and sha256."""
+    from dataclasses import asdict
+
+    from model.checkpoint import CheckpointError, file_sha256, read_metadata
+
+    path = checkpoint or _default_model()
+    try:
+        metadata = read_metadata(path)
+    except CheckpointError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    info = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size, **asdict(metadata)}
+    if as_json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return
+    metrics = metadata.validation_metrics
+    console.print(f"path       {info['path']}\nsha256     {info['sha256']}\nsize       {info['bytes']} bytes")
+    console.print(f"version    {metadata.version}  (trained: {metadata.trained})")
+    console.print(f"classes    {list(metadata.class_names)} positive={metadata.positive_class}  "
+                  f"input {metadata.input_size}px  threshold {metadata.threshold:.4f}")
+    if metrics:
+        for name in ("auc", "sensitivity", "specificity", "precision", "f1", "accuracy"):
+            if name in metrics and metrics[name] is not None:
+                ci = metrics.get(f"{name}_ci95") or [float("nan")] * 2
+                console.print(f"val {name:<12}{metrics[name]:.4f}  (95% CI {ci[0]:.4f}–{ci[1]:.4f})")
+    console.print_json(json.dumps({"preprocessing": metadata.preprocessing,
+                                   "training_data": metadata.training_data}))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``evaluate`` and the ``model`` group to the cxr-triage app."""
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    app.add_typer(model_app, name="model")

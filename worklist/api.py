@@ -1,0 +1,179 @@
+"""The REST API under /api (documented by the OpenAPI schema at /openapi.json, browsable at /docs)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse
+from sqlalchemy.orm import Session
+
+from db import queries
+from worklist import schemas
+from worklist.auth import identity
+from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session, image_url
+from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE
+from worklist.problems import Problem
+
+router = APIRouter(prefix="/api", tags=["worklist"])
+PROBLEM = {"content": {"application/problem+json": {}}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {**PROBLEM, "description": "No valid bearer token"},
+                                           422: {**PROBLEM, "description": "Invalid parameters"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {**PROBLEM, "description": "No such study"}}
+Identity = Annotated[str, Depends(identity)]
+Db = Annotated[Session, Depends(db_session)]
+
+
+class WorklistQuery:
+    """The filters, sort and page shared by the API and the page."""
+
+    def __init__(
+        self,
+        status: queries.WorklistStatus | None = Query(
+            None, description="PENDING, DONE, NOT_ANALYSED (includes FAILED) or FAILED"),
+        flagged: bool | None = Query(None, description="Only flagged (true) or only unflagged (false) studies"),
+        read: bool | None = Query(None, description="Only read (true) or only unread (false) studies"),
+        received_from: date | None = Query(None, description="Received on or after this day (UTC)"),
+        received_to: date | None = Query(None, description="Received on or before this day (UTC)"),
+        q: str | None = Query(None, max_length=200, pattern=TEXT_PATTERN,
+                              description="Words that must all occur in patient name, patient ID or accession"),
+        sort: queries.WorklistSort = Query(queries.WorklistSort.PRIORITY,
+                                           description="priority = flagged first by score, then arrival; "
+                                                       "read studies last in each group"),
+        limit: int = Query(200, ge=1, le=1000),
+        offset: int = Query(0, ge=0, le=1_000_000_000),
+    ) -> None:
+        self.filters = dict(status=status.value if status else None, flagged=flagged, read=read,
+                            received_from=received_from, received_to=received_to, text=q)
+        self.sort, self.limit, self.offset = sort, limit, offset
+
+
+def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
+    entries = queries.worklist(db, **params.filters, sort=params.sort, limit=params.limit, offset=params.offset)
+    untrained = queries.untrained_models_in_use(db)
+    return {
+        "notice": TRIAGE_NOTICE,
+        "untrained_model": untrained,
+        "model_warning": UNTRAINED_NOTICE if untrained else None,
+        "total": queries.worklist_total(db, **params.filters),
+        "limit": params.limit,
+        "offset": params.offset,
+        "sort": params.sort.value,
+        "items": [entry.to_dict() for entry in entries],
+    }
+
+
+@router.get("/worklist", response_model=schemas.Worklist, responses=ERRORS,
+            summary="The prioritized worklist (filters, sort, paging)")
+def api_worklist(request: Request, who: Identity, db: Db, params: WorklistQuery = Depends()) -> dict[str, Any]:
+    body = worklist_body(db, params)
+    audit(request, who, "list")
+    return body
+
+
+@router.get("/worklist/version", response_model=schemas.WorklistVersion, responses=ERRORS,
+            summary="A token that changes when the worklist may have changed (poll it, then fetch the list)")
+def api_worklist_version(_who: Identity, db: Db) -> dict[str, str]:
+    return {"version": queries.worklist_version(db)}
+
+
+def study_body(db: Session, study_uid: str, prefix: str) -> dict[str, Any]:
+    detail = queries.study_detail(db, study_uid)
+    if detail is None:
+        raise Problem(404, "study not found")
+    untrained = queries.untrained_models_in_use(db)
+    detail.update(notice=TRIAGE_NOTICE, untrained_model=untrained,
+                  model_warning=UNTRAINED_NOTICE if untrained else None)
+    for instance in detail["instances"]:
+        sop = instance["sop_instance_uid"]
+        instance["preview_url"] = image_url(prefix, study_uid, sop, "preview") if instance["has_preview"] else None
+        instance["heatmap_url"] = image_url(prefix, study_uid, sop, "heatmap") if instance["has_heatmap"] else None
+    return detail
+
+
+@router.get("/studies/{study_uid}", response_model=schemas.StudyDetail, responses=NOT_FOUND,
+            summary="One study with each image's score, decision and picture links (the read is audited)")
+def api_study(request: Request, study_uid: StudyUid, who: Identity, db: Db) -> dict[str, Any]:
+    body = study_body(db, study_uid, "/api")
+    audit(request, who, "api", study_uid)
+    return body
+
+
+def image_response(request: Request, db: Session, who: str, study_uid: str, sop_uid: str, kind: str
+                   ) -> FileResponse:
+    path = queries.instance_image_path(db, study_uid, sop_uid, kind)
+    if not path or not FilePath(path).is_file():
+        raise Problem(404, f"no {kind} for this image (not analysed, not finished, or not written)")
+    audit(request, who, "image", study_uid, f"{kind} {sop_uid}")
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "PNG image"},
+                                        **NOT_FOUND}
+
+
+@router.get("/studies/{study_uid}/images/{sop_instance_uid}/preview.png", response_class=FileResponse,
+            responses=PNG, summary="The display image the model saw, downscaled (PNG)")
+def api_preview(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid, who: Identity, db: Db
+                ) -> FileResponse:
+    return image_response(request, db, who, study_uid, sop_instance_uid, "preview")
+
+
+@router.get("/studies/{study_uid}/images/{sop_instance_uid}/heatmap.png", response_class=FileResponse,
+            responses=PNG, summary="The Grad-CAM heat map over the preview (PNG): where the evidence for the "
+                                   "positive class lies; not a finding")
+def api_heatmap(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid, who: Identity, db: Db
+                ) -> FileResponse:
+    return image_response(request, db, who, study_uid, sop_instance_uid, "heatmap")
+
+
+def set_read(request: Request, study_uid: str, who: str, read: bool) -> dict[str, Any]:
+    with request.app.state.sessions.begin() as session:
+        study = queries.set_read(session, study_uid, read=read, actor=who)
+        if study is None:
+            raise Problem(404, "study not found")
+        return {"study_uid": study_uid, "read": study.read_at is not None, "read_at": study.read_at,
+                "read_by": study.read_by}
+
+
+@router.put("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=NOT_FOUND,
+            summary="Mark read: the study drops to the bottom of its group (it never leaves the list)")
+def api_mark_read(request: Request, study_uid: StudyUid, who: Identity) -> dict[str, Any]:
+    return set_read(request, study_uid, who, True)
+
+
+@router.delete("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=NOT_FOUND,
+               summary="Mark unread")
+def api_mark_unread(request: Request, study_uid: StudyUid, who: Identity) -> dict[str, Any]:
+    return set_read(request, study_uid, who, False)
+
+
+@router.get("/studies/{study_uid}/audit", response_model=list[schemas.AuditEvent], responses=NOT_FOUND,
+            summary="Who read this study, and when (newest first)")
+def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
+                    limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    if queries.study_detail(db, study_uid) is None:
+        raise Problem(404, "study not found")
+    return queries.audit_events(db, study_uid=study_uid, limit=limit)
+
+
+@router.get("/models", response_model=schemas.Models, responses=ERRORS,
+            summary="The models that produced results, with their training metadata and thresholds")
+def api_models(request: Request, _who: Identity, db: Db) -> dict[str, Any]:
+    untrained = queries.untrained_models_in_use(db)
+    return {"notice": TRIAGE_NOTICE, "untrained_model": untrained,
+            "model_warning": UNTRAINED_NOTICE if untrained else None,
+            "model_card_available": request.app.state.model_card_path.is_file(),
+            "models": queries.model_versions(db)}
+
+
+@router.get("/model-card", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/markdown": {}}}, **NOT_FOUND},
+            summary="The model card (Markdown), when one has shipped")
+def api_model_card(request: Request, _who: Identity) -> PlainTextResponse:
+    path: FilePath = request.app.state.model_card_path
+    if not path.is_file():
+        raise Problem(404, "no model card has shipped with this installation yet")
+    return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")

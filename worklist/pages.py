@@ -1,0 +1,209 @@
+"""The radiologists' pages: the worklist, a study, the model in use, and the login form (with tokens only).
+
+Server-rendered HTML; a little JavaScript (static/worklist.js) keeps the list current without a reload and
+toggles the heat map. Everything works without it, except the live updates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from db import queries
+from worklist.api import study_body
+from worklist.auth import COOKIE_MAX_AGE_S, COOKIE_NAME, DEMO_IDENTITY, Tokens, identity
+from worklist.deps import StudyUid, audit, db_session
+from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, status_text
+from worklist.problems import Problem
+
+router = APIRouter(include_in_schema=False)
+PER_PAGE_CHOICES = (25, 50, 100)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+SORT_LABELS = {
+    "priority": "Priority (flagged first)",
+    "received_desc": "Newest first",
+    "received_asc": "Oldest first",
+    "score_desc": "Highest score first",
+    "patient": "Patient name",
+    "accession": "Accession number",
+}
+STATUS_LABELS = {"PENDING": "pending", "DONE": "done", "NOT_ANALYSED": "not analysed or failed",
+                 "FAILED": "failed"}
+
+
+@dataclass
+class PageQuery:
+    """The worklist page's query string, read leniently: a bad value is ignored and said so, never a 422."""
+
+    values: dict[str, str] = field(default_factory=dict)  # what the form shows
+    filters: dict[str, Any] = field(default_factory=dict)  # for db.queries
+    sort: queries.WorklistSort = queries.WorklistSort.PRIORITY
+    page: int = 1
+    per_page: int = 50
+    problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> "PageQuery":
+        query = cls()
+        get = lambda key: _CONTROL.sub("", params.get(key, "")).strip()[:200]  # noqa: E731
+        flag, status, read = get("flag"), get("status").upper(), get("read")
+        query.filters["flagged"] = {"flagged": True, "not_flagged": False}.get(flag)
+        query.values["flag"] = flag if query.filters["flagged"] is not None else ""
+        query.filters["status"] = status if status in queries.WorklistStatus.__members__ else None
+        query.values["status"] = query.filters["status"] or ""
+        query.filters["read"] = {"read": True, "unread": False}.get(read)
+        query.values["read"] = read if query.filters["read"] is not None else ""
+        for key, label in (("received_from", "received from"), ("received_to", "received to")):
+            raw = get(key)
+            query.filters[key] = None
+            query.values[key] = ""
+            if raw:
+                try:
+                    query.filters[key] = date.fromisoformat(raw)
+                    query.values[key] = raw
+                except ValueError:
+                    query.problems.append(f"“{raw}” is not a date (YYYY-MM-DD): the {label} filter is ignored")
+        query.filters["text"] = get("q") or None
+        query.values["q"] = get("q")
+        sort = get("sort")
+        if sort in {s.value for s in queries.WorklistSort}:
+            query.sort = queries.WorklistSort(sort)
+        query.values["sort"] = query.sort.value
+        query.per_page = int(get("per_page")) if get("per_page") in {str(n) for n in PER_PAGE_CHOICES} else 50
+        query.values["per_page"] = str(query.per_page)
+        page = get("page")
+        query.page = min(int(page), 1_000_000) if page.isdigit() and int(page) >= 1 else 1
+        return query
+
+    def link(self, **overrides: Any) -> str:
+        """A query string for this view with some values changed (empty values left out)."""
+        values = {**self.values, "page": str(self.page), **{k: str(v) for k, v in overrides.items()}}
+        if values.get("page") == "1":
+            values.pop("page")
+        if values.get("sort") == "priority":
+            values.pop("sort")
+        if values.get("per_page") == "50":
+            values.pop("per_page")
+        return urlencode({k: v for k, v in values.items() if v})
+
+
+def _common(request: Request, db: Session, who: str) -> dict[str, Any]:
+    tokens: Tokens = request.app.state.tokens
+    untrained = queries.untrained_models_in_use(db)
+    return {"notice": TRIAGE_NOTICE, "untrained": untrained, "untrained_notice": UNTRAINED_NOTICE,
+            "identity": who, "tokens_enabled": tokens.enabled, "csrf": tokens.csrf_token(who),
+            "poll_ms": int(request.app.state.poll_interval_s * 1000)}
+
+
+def _html(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return request.app.state.templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+@router.get("/", response_class=HTMLResponse)
+def worklist_page(request: Request, who: str = Depends(identity), db: Session = Depends(db_session)
+                  ) -> HTMLResponse:
+    query = PageQuery.parse(dict(request.query_params))
+    total = queries.worklist_total(db, **query.filters)
+    pages = max(1, -(-total // query.per_page))
+    query.page = min(query.page, pages)
+    offset = (query.page - 1) * query.per_page
+    entries = queries.worklist(db, **query.filters, sort=query.sort, limit=query.per_page, offset=offset)
+    context = _common(request, db, who) | {
+        "entries": entries, "total": total, "query": query, "pages": pages, "offset": offset,
+        "version": queries.worklist_version(db), "status_text": status_text, "sort_labels": SORT_LABELS,
+        "status_labels": STATUS_LABELS, "per_page_choices": PER_PAGE_CHOICES,
+        "back": quote(query.link(), safe=""),
+    }
+    audit(request, who, "list", detail="GET /")
+    return _html(request, "worklist.html", context)
+
+
+def _back(request: Request) -> str:
+    back = _CONTROL.sub("", request.query_params.get("back", ""))[:1000]
+    return back.lstrip("/?")
+
+
+@router.get("/studies/{study_uid}", response_class=HTMLResponse)
+def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identity),
+               db: Session = Depends(db_session)) -> HTMLResponse:
+    study = study_body(db, study_uid, "/api")
+    back = _back(request)
+    context = _common(request, db, who) | {"study": study, "back": back, "status_text": status_text,
+                                            "back_param": quote(back, safe="")}
+    audit(request, who, "view", study_uid, "GET /studies/{uid}")
+    return _html(request, "study.html", context)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    body = (await request.body())[:10_000].decode("utf-8", errors="replace")
+    return {key: values[0] for key, values in parse_qs(body).items()}
+
+
+@router.post("/studies/{study_uid}/read")
+async def study_read_form(request: Request, study_uid: StudyUid, who: str = Depends(identity)) -> Response:
+    form = await _form(request)
+    request.app.state.tokens.check_csrf(who, form.get("csrf"))
+    action = form.get("action")
+    if action not in ("read", "unread"):
+        raise Problem(400, "action must be read or unread")
+    with request.app.state.sessions.begin() as session:
+        if queries.set_read(session, study_uid, read=action == "read", actor=who) is None:
+            raise Problem(404, "study not found")
+    back = _CONTROL.sub("", form.get("back", ""))[:1000]
+    target = f"/studies/{quote(study_uid, safe='')}" + (f"?back={quote(back, safe='')}" if back else "")
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/model", response_class=HTMLResponse)
+def model_page(request: Request, who: str = Depends(identity), db: Session = Depends(db_session)) -> HTMLResponse:
+    path = request.app.state.model_card_path
+    card = path.read_text(encoding="utf-8") if path.is_file() else None
+    context = _common(request, db, who) | {"models": queries.model_versions(db), "card": card}
+    return _html(request, "model.html", context)
+
+
+def _safe_next(value: str | None) -> str:
+    value = _CONTROL.sub("", value or "")
+    return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else "/"
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> Response:
+    if not request.app.state.tokens.enabled:
+        return RedirectResponse("/", status_code=303)
+    context = {"notice": TRIAGE_NOTICE, "next": _safe_next(request.query_params.get("next")), "error": None,
+               "identity": None, "tokens_enabled": True}
+    return _html(request, "login.html", context)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    tokens: Tokens = request.app.state.tokens
+    form = await _form(request)
+    target = _safe_next(form.get("next"))
+    name = tokens.identify(form.get("token", "")) if tokens.enabled else DEMO_IDENTITY
+    if name is None:
+        context = {"notice": TRIAGE_NOTICE, "next": target, "error": "That token is not valid.",
+                   "identity": None, "tokens_enabled": True}
+        return _html(request, "login.html", context, status_code=401)
+    response = RedirectResponse(target, status_code=303)
+    if tokens.enabled:
+        response.set_cookie(COOKIE_NAME, tokens.cookie_for(name), max_age=COOKIE_MAX_AGE_S, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https", path="/")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, who: str = Depends(identity)) -> Response:
+    request.app.state.tokens.check_csrf(who, (await _form(request)).get("csrf"))
+    response = RedirectResponse("/login" if request.app.state.tokens.enabled else "/", status_code=303)
+    response.delete_cookie(COOKIE_NAME, path="/")
+    return response

@@ -1,0 +1,122 @@
+"""What the REST API returns, as pydantic models: FastAPI documents them in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class WorklistItem(BaseModel):
+    study_uid: str
+    patient_name: str
+    patient_id: str
+    accession_number: str
+    study_date: date | None
+    study_description: str
+    status: Literal["PENDING", "DONE", "NOT_ANALYSED"]
+    state: Literal["pending", "done", "not_analysed", "failed"] = Field(
+        description="What the page shows: not_analysed when nothing could be scored, failed when every image "
+                    "failed (no or unreadable pixels)")
+    flag: bool = Field(description="The study score reached the threshold: it rises to the top. Triage support, "
+                                   "not a diagnosis")
+    score: float | None = Field(description="Highest score of the study's scored frontal images")
+    threshold: float | None
+    reason: str | None = Field(description="Why the study was not analysed (a stable code, e.g. LATERAL_VIEW)")
+    model_version: str | None
+    model_sha256: str | None
+    model_trained: bool | None
+    received_at: datetime
+    flagged_at: datetime | None = Field(description="When the study's result became final")
+    time_to_flag_s: float | None = Field(description="Seconds from the study's latest receive to its final result")
+    images: int
+    failed_images: int
+    read: bool
+    read_at: datetime | None
+    read_by: str | None
+
+
+class Worklist(BaseModel):
+    notice: str
+    untrained_model: bool
+    model_warning: str | None
+    total: int = Field(description="Studies matching the filters (all pages)")
+    limit: int
+    offset: int
+    sort: str
+    items: list[WorklistItem]
+
+
+class WorklistVersion(BaseModel):
+    version: str = Field(description="Changes whenever anything on the worklist may have changed")
+
+
+class InstanceItem(BaseModel):
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    view_position: str
+    body_part: str
+    status: Literal["RECEIVED", "QUEUED", "PROCESSING", "DONE", "NOT_ANALYSED", "FAILED"]
+    reason: str | None
+    detail: str | None
+    assumptions: str | None
+    score: float | None
+    threshold: float | None
+    flag: bool = Field(description="This image's score reached its threshold")
+    model_version: str | None
+    model_sha256: str | None
+    receive_count: int
+    received_at: datetime
+    finished_at: datetime | None
+    has_preview: bool
+    has_heatmap: bool
+    preview_url: str | None
+    heatmap_url: str | None
+
+
+class StudyDetail(WorklistItem):
+    notice: str
+    untrained_model: bool
+    model_warning: str | None
+    instances: list[InstanceItem]
+
+
+class ReadState(BaseModel):
+    study_uid: str
+    read: bool
+    read_at: datetime | None
+    read_by: str | None
+
+
+class AuditEvent(BaseModel):
+    at: datetime
+    actor: str = Field(description="The token's name, or loopback-demo when no token is configured")
+    action: str = Field(description="view, api, image, list, mark_read or mark_unread")
+    study_uid: str | None
+    detail: str | None
+
+
+class ModelVersion(BaseModel):
+    sha256: str
+    version: str
+    trained: bool
+    threshold: float
+    registered_at: datetime
+    studies: int = Field(description="Studies whose current result came from this model")
+    metadata: dict[str, Any]
+
+
+class Models(BaseModel):
+    notice: str
+    untrained_model: bool
+    model_warning: str | None
+    model_card_available: bool
+    models: list[ModelVersion]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
