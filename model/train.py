@@ -71,6 +71,7 @@ class TrainConfig:
     threads: int = 0
     clip_grad_norm: float = 5.0
     zero_init_residual: bool = True
+    finish_only: bool = False  # write the checkpoint from the run folder's best epoch so far, train nothing more
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -276,7 +277,10 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
     epochs_without_gain = 0
     if history:
         epochs_without_gain = history[-1].get("epochs_without_gain", 0)
-    for epoch in range(start_epoch, len(plan)):
+    if config.finish_only:
+        stop_reason = f"stopped after epoch {start_epoch} of {len(plan)} (finish only)"
+        logger.text(stop_reason)
+    for epoch in range(start_epoch, len(plan) if not config.finish_only else start_epoch):
         size, fraction = plan[epoch]
         if deadline and history:
             rate = history[-1]["train_images_per_s"] * (history[-1]["size"] / size) ** 2
@@ -452,12 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", default="")
     parser.add_argument("--min-auc", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--init-weights", type=Path)
+    parser.add_argument("--finish-only", action="store_true")
     parser.add_argument("--warmup-epochs", type=float, default=0.5)
     args = parser.parse_args(argv)
     config = TrainConfig(data=args.data, out=args.out, stages=parse_stages(args.stages), batch_size=args.batch_size,
                          lr=args.lr, max_minutes=args.max_minutes, output=args.output, patience=args.patience,
                          version=args.version, min_auc=args.min_auc, warmup_epochs=args.warmup_epochs,
-                         threads=args.threads)
+                         threads=args.threads, init_weights=args.init_weights, finish_only=args.finish_only)
     summary = train(config)
     return 0 if summary.get("checkpoint") else 1
 

@@ -44,7 +44,7 @@ def test_inspect_json_and_pngs(tmp_path: Path, model_path: Path) -> None:
         display = Image.open(tmp_path / "png" / f"{path.stem}.display.png")
         model_input = Image.open(tmp_path / "png" / f"{path.stem}.input.png")
         assert display.size == (report["columns"], report["rows"])
-        assert model_input.size == (224, 224)
+        assert model_input.size == (224, 224)  # the untrained test model is 224 px
     fake = reports[next(str(p) for p in real_dicom_files() if p.name == "Fake_MONOHR1.dcm")]
     assert any("polarity corrected" in note for note in fake["notes"])
     assert not (tmp_path / "png" / "lateral.input.png").exists()

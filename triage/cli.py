@@ -190,7 +190,7 @@ def print_worklist(entries: list[queries.WorklistEntry], untrained: bool) -> Non
         console.print(f"[bold white on red] {UNTRAINED_BANNER} [/]")
     table = Table(title="Worklist (flagged first by score, then arrival order; read studies last in each group)",
                   caption=TRIAGE_NOTICE)
-    keep_whole = {"flag", "score", "patient", "accession", "images", "received (UTC)", "to flag"}
+    keep_whole = {"flag", "score", "patient", "accession", "images", "received (UTC)", "to flag", "model"}
     for column in ("flag", "score", "status", "patient", "accession", "description", "images", "received (UTC)",
                    "to flag", "model", "read"):
         table.add_column(column, no_wrap=column in keep_whole, overflow="fold")

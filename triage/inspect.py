@@ -72,7 +72,7 @@ def inspect_file(path: Path, spec: PreprocessSpec, png_dir: Path | None = None) 
     result.reason = prepared.assessment.reason
     result.notes = list(prepared.notes)
     if png_dir is not None and prepared.rendering is not None and prepared.model_input is not None:
-        # Undo the normalisation of one channel: the 224×224 picture exactly as the network receives it.
+        # Undo the normalisation of one channel: the picture exactly as the network receives it (spec.size²).
         channel = prepared.model_input[0].numpy() * spec.std[0] + spec.mean[0]
         result.display_png = _to_png(prepared.rendering.image, png_dir / f"{path.stem}.display.png")
         result.input_png = _to_png(channel, png_dir / f"{path.stem}.input.png")

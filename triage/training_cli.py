@@ -63,6 +63,8 @@ def train_command(
     min_auc: Annotated[float, typer.Option(help="Write no checkpoint when validation AUC is below this.")] = 0.9,
     version: Annotated[str, typer.Option(help="Model version string stored in the checkpoint.")] = "",
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 1000,
+    finish_only: Annotated[bool, typer.Option(help="Write the checkpoint from the run folder's best epoch so far "
+                                                   "and stop (after interrupting a long run).")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default). On a shared CPU, 1 thread can be "
                                               "several times faster than 2 that fight another process.")] = 0,
 ) -> None:
@@ -78,7 +80,7 @@ def train_command(
         warmup_epochs=warmup_epochs, val_fraction=val_fraction, seed=seed, patience=patience,
         target_sensitivity=target_sensitivity, balance=balance, augment=augment, init_weights=init_weights,
         device=device, max_minutes=max_minutes, output=output, min_auc=min_auc, version=version,
-        bootstrap=bootstrap, threads=threads)
+        bootstrap=bootstrap, threads=threads, finish_only=finish_only)
     console.print(f"run folder {run} (epochs.jsonl, train.log; rerun the same command to resume)")
     summary = train(config)
     if not summary.get("checkpoint"):
