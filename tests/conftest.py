@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from stack import Backend, Stack  # noqa: E402
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -70,6 +73,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     for url in _postgres_database():
         migrate(make_engine(url))
         yield url
+
+
+@pytest.fixture
+def sessions(database_url: str) -> "sessionmaker[Session]":
+    """Sessions on an empty, migrated database of each kind."""
+    from db.engine import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(database_url))
 
 
 @pytest.fixture(scope="session")

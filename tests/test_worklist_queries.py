@@ -14,23 +14,7 @@ from db import queries
 from db.engine import alembic_config, make_engine, make_session_factory
 from db.models import InstanceStatus, Study
 
-MODEL = dict(model_version="m1", model_sha256="a" * 64, threshold=0.5)
-
-
-def record(sop: str, study: str, **overrides: object) -> queries.ReceivedRecord:
-    values: dict[str, object] = dict(
-        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1", study_instance_uid=study,
-        series_instance_uid="1.2.3", transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CR", body_part="CHEST",
-        view_position="PA", patient_name="DOE^JANE", patient_id="P1", accession_number="A1", study_date=None,
-        study_description="XR CHEST", spool_path=f"/spool/{sop}.dcm", size_bytes=10, calling_ae="TEST",
-    )
-    values.update(overrides)
-    return queries.ReceivedRecord(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def sessions(database_url: str) -> sessionmaker[Session]:
-    return make_session_factory(make_engine(database_url))
+from db_records import MODEL, record
 
 
 def add(sessions: sessionmaker[Session], sop: str, study: str, score: float | None,
