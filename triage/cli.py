@@ -190,10 +190,11 @@ def print_worklist(entries: list[queries.WorklistEntry], untrained: bool) -> Non
         console.print(f"[bold white on red] {UNTRAINED_BANNER} [/]")
     table = Table(title="Worklist (flagged first by score, then arrival order; read studies last in each group)",
                   caption=TRIAGE_NOTICE)
-    keep_whole = {"flag", "score", "patient", "accession", "images", "received (UTC)", "to flag", "model"}
+    keep_whole = {"flag", "score", "images", "received (UTC)", "to flag", "model"}
     for column in ("flag", "score", "status", "patient", "accession", "description", "images", "received (UTC)",
                    "to flag", "model", "read"):
-        table.add_column(column, no_wrap=column in keep_whole, overflow="fold")
+        table.add_column(column, no_wrap=column in keep_whole, overflow="fold",
+                         max_width=None if column in keep_whole else 28)
     for e in entries:
         status = status_text(e.state, e.reason)
         if reason_text(e.reason):
