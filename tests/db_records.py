@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from db import queries
+from db.models import InstanceStatus
 
 MODEL = dict(model_version="m1", model_sha256="a" * 64, threshold=0.5)
 
@@ -16,3 +19,20 @@ def record(sop: str, study: str, **overrides: object) -> queries.ReceivedRecord:
     )
     values.update(overrides)
     return queries.ReceivedRecord(**values)  # type: ignore[arg-type]
+
+
+def receive(sessions: sessionmaker[Session], sop: str, study: str, **fields: object) -> queries.WorkItem:
+    """Commit one instance as the listener would."""
+    with sessions.begin() as session:
+        return queries.record_received(session, record(sop, study, **fields))
+
+
+def process(sessions: sessionmaker[Session], item: queries.WorkItem, score: float | None,
+            status: InstanceStatus = InstanceStatus.DONE, reason: str | None = None) -> bool:
+    """Claim and finish one instance as the worker would; False when the work was stale."""
+    with sessions.begin() as session:
+        work = queries.claim(session, item.instance_id, item.receive_count)
+    assert work is not None
+    outcome = queries.Outcome(status, reason, score=score, **(MODEL if score is not None else {}))
+    with sessions.begin() as session:
+        return queries.finish(session, work, outcome)

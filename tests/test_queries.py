@@ -10,22 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import InstanceStatus
 
-from db_records import MODEL, record
-
-
-def receive(sessions: sessionmaker[Session], sop: str, study: str) -> queries.WorkItem:
-    with sessions.begin() as session:
-        return queries.record_received(session, record(sop, study))
-
-
-def process(sessions: sessionmaker[Session], item: queries.WorkItem, score: float | None,
-            status: InstanceStatus = InstanceStatus.DONE, reason: str | None = None) -> bool:
-    with sessions.begin() as session:
-        work = queries.claim(session, item.instance_id, item.receive_count)
-    assert work is not None
-    outcome = queries.Outcome(status, reason, score=score, **(MODEL if score is not None else {}))
-    with sessions.begin() as session:
-        return queries.finish(session, work, outcome)
+from db_records import MODEL, process, receive
 
 
 def test_study_score_is_the_highest_image_score_and_flags_above_threshold(sessions: sessionmaker[Session]) -> None:

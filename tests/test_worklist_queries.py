@@ -14,20 +14,13 @@ from db import queries
 from db.engine import alembic_config, make_engine, make_session_factory
 from db.models import InstanceStatus, Study
 
-from db_records import MODEL, record
+from db_records import MODEL, process, receive, record
 
 
 def add(sessions: sessionmaker[Session], sop: str, study: str, score: float | None,
         status: InstanceStatus = InstanceStatus.DONE, reason: str | None = None, **fields: object) -> None:
     """Receive and finish one instance."""
-    with sessions.begin() as session:
-        item = queries.record_received(session, record(sop, study, **fields))
-    with sessions.begin() as session:
-        work = queries.claim(session, item.instance_id, item.receive_count)
-    assert work is not None
-    outcome = queries.Outcome(status, reason, score=score, **(MODEL if score is not None else {}))
-    with sessions.begin() as session:
-        assert queries.finish(session, work, outcome)
+    assert process(sessions, receive(sessions, sop, study, **fields), score, status, reason)
 
 
 def order(sessions: sessionmaker[Session], **kwargs: object) -> list[str]:
