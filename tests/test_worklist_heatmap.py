@@ -83,11 +83,11 @@ def test_previews_show_the_display_image_and_a_coloured_overlay(classifier: Clas
     real_grad_cam = previews.grad_cam
     monkeypatch.setattr(previews, "grad_cam", lambda *a, **k: calls.append(1) or real_grad_cam(*a, **k))
 
-    first = previews.write_previews(tmp_path, "ab12", display, batch, classifier,
-                                    float(classifier.score(batch)[0]))
+    score = float(classifier.score(batch)[0])  # scored before the writer hooked the network
+    writer = previews.PreviewWriter(tmp_path, classifier)
+    first = previews.write_previews(writer, "ab12", display, batch, score)
     assert first.preview and first.heatmap and calls == [1]  # no pass captured yet: Grad-CAM ran itself
-    second = previews.write_previews(tmp_path, "ab13", display, batch, classifier,
-                                     float(classifier.score(batch)[0]))
+    second = previews.write_previews(writer, "ab13", display, batch, float(classifier.score(batch)[0]))
     assert second.heatmap and calls == [1]  # this time the scoring pass was reused
 
     preview = Image.open(first.preview)
@@ -103,7 +103,8 @@ def test_previews_show_the_display_image_and_a_coloured_overlay(classifier: Clas
 def test_an_empty_map_is_said_on_the_picture(tmp_path: Path, model_path: Path) -> None:
     untrained = Classifier(model_path, device="cpu")  # the placeholder: no evidence for the positive class
     display, batch = _inputs(untrained)
-    written = previews.write_previews(tmp_path, "cd34", display, batch, untrained, float(untrained.score(batch)[0]))
+    writer = previews.PreviewWriter(tmp_path, untrained)
+    written = previews.write_previews(writer, "cd34", display, batch, float(untrained.score(batch)[0]))
     assert written.heatmap is not None
     picture = np.asarray(Image.open(written.heatmap).convert("L"), dtype=float)
     strip = picture[-10:]

@@ -18,7 +18,7 @@ from model.checkpoint import CheckpointMetadata, default_checkpoint
 from model.inference import Classifier
 from worker.config import WorkerConfig
 from worker.preparation import prepare
-from worker.previews import write_previews
+from worker.previews import PreviewWriter, write_previews
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class Pipeline:
         self.sessions = sessions
         self.classifier = Classifier(checkpoint_path(config), device=config.device)
         self.threshold = register_model(self.sessions, config, self.classifier.metadata, self.classifier.sha256)
+        # Hooked before the first score, so every heat map reuses the pass that produced its score.
+        self.previews = PreviewWriter(config.previews_dir, self.classifier) if config.previews_dir else None
 
     def process(self, instance_id: int, receive_count: int | None = None) -> queries.Outcome | None:
         """Claim, analyse and record one instance; None when there was nothing to do (stale or finished)."""
@@ -99,8 +101,8 @@ class Pipeline:
             log.exception("instance file %s: unexpected error", path.name)
             return queries.Outcome(InstanceStatus.FAILED, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:2000])
         assert prepared.rendering is not None
-        previews = write_previews(self.config.previews_dir, path.stem, prepared.rendering.image,
-                                  prepared.model_input[None], self.classifier, score)
+        previews = write_previews(self.previews, path.stem, prepared.rendering.image, prepared.model_input[None],
+                                  score)
         return queries.Outcome(
             InstanceStatus.DONE,
             assumptions="; ".join(prepared.notes) or None,

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,28 +132,14 @@ class PreviewWriter:
         return Previews(str(preview_path), str(heatmap_path))
 
 
-_writers: "weakref.WeakKeyDictionary[Classifier, PreviewWriter]" = weakref.WeakKeyDictionary()
-_writers_lock = threading.Lock()
-
-
-def writer_for(directory: Path, classifier: Classifier) -> PreviewWriter:
-    with _writers_lock:
-        writer = _writers.get(classifier)
-        if writer is None or writer.directory != Path(directory):
-            if writer is not None:
-                writer.capture.remove()
-            writer = _writers[classifier] = PreviewWriter(directory, classifier)
-        return writer
-
-
-def write_previews(directory: Path | None, key: str, display: np.ndarray, batch: torch.Tensor,
-                   classifier: Classifier, score: float) -> Previews:
+def write_previews(writer: PreviewWriter | None, key: str, display: np.ndarray, batch: torch.Tensor,
+                   score: float) -> Previews:
     """Write the preview and heat map of one scored image (``key``: a file-name-safe id, e.g. the spool file's
     stem). Never raises: a failure is logged and leaves the paths empty."""
-    if directory is None:
+    if writer is None:
         return Previews()
     try:
-        return writer_for(directory, classifier).write(key, display, batch, score)
+        return writer.write(key, display, batch, score)
     except Exception:
         log.warning("previews for %s not written", key, exc_info=True)
         return Previews()
