@@ -25,9 +25,6 @@ app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (tria
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable in logs
 
-UNTRAINED_BANNER = "UNTRAINED MODEL — scores are meaningless"
-TRIAGE_NOTICE = "Triage support only — not a diagnosis."
-
 
 def _settings() -> Settings:
     settings = Settings()
@@ -184,10 +181,11 @@ def show_worklist(
 
 
 def print_worklist(entries: list[queries.WorklistEntry], untrained: bool) -> None:
-    from worklist.presentation import duration, reason_text, score, status_text
+    from worklist.presentation import (TRIAGE_NOTICE, UNTRAINED_NOTICE, duration, reason_text, score,
+                                       status_text)
 
     if untrained:
-        console.print(f"[bold white on red] {UNTRAINED_BANNER} [/]")
+        console.print(f"[bold white on red] {UNTRAINED_NOTICE} [/]")
     table = Table(title="Worklist (flagged first by score, then arrival order; read studies last in each group)",
                   caption=TRIAGE_NOTICE)
     keep_whole = {"flag", "score", "images", "received (UTC)", "to flag", "model"}
