@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.preprocess import PreprocessSpec, to_model_input
+from model.preprocess import PreprocessSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
 DEFAULT_NEGATIVE = ("NORMAL",)
@@ -246,11 +246,6 @@ def normalize_batch(resized: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor
 def batch_to_model_input(displays: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Batched ``to_model_input``: identical per image (tests/test_training.py checks it)."""
     return normalize_batch(resize_batch(displays, spec.size), spec)
-
-
-def reference_inputs(displays: Sequence[np.ndarray], spec: PreprocessSpec) -> torch.Tensor:
-    """The serving function applied one by one (used by tests and by evaluation of files)."""
-    return torch.stack([to_model_input(d, spec) for d in displays])
 
 
 # --- augmentation ---------------------------------------------------------------------------------------------
