@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,9 +47,9 @@ class TrainConfig:
     out: Path
     negative: tuple[str, ...] = ("NORMAL",)
     positive: tuple[str, ...] = ("PNEUMONIA",)
-    stages: list[tuple[int, float]] = field(default_factory=lambda: [(128, 6.0), (224, 1.0)])
+    stages: list[tuple[int, float]] = field(default_factory=lambda: [(128, 6.0), (224, 2.0)])
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.005
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
@@ -108,11 +107,12 @@ class EpochLog:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
 
-    def text(self, message: str) -> None:
+    def text(self, message: str, echo: bool = True) -> None:
         line = f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} {message}"
         with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
-        print(line, file=sys.stderr, flush=True)
+        if echo:
+            print(line, file=sys.stderr, flush=True)
 
     def epoch(self, record: dict[str, Any]) -> None:
         with open(self.folder / "epochs.jsonl", "a", encoding="utf-8") as handle:
@@ -208,16 +208,32 @@ def prepare_data(config: TrainConfig, logger: EpochLog) -> dict[str, Any]:
     return {"train": train, "val": val, "train_cache": train_cache, "val_cache": val_cache, "summary": summary}
 
 
-def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) training; return the summary (also written to ``out/summary.json``)."""
+@dataclass(frozen=True)
+class BatchProgress:
+    """Where a run stands after one training batch, for a progress bar."""
+
+    epoch: int  # 1-based
+    epochs: int
+    size: int
+    batch: int  # 1-based, within the epoch
+    batches: int
+    loss: float  # mean training loss of the epoch so far
+    images_per_s: float
+
+
+def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          on_batch: Callable[[BatchProgress], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; return the summary (also written to ``out/summary.json``). With ``on_batch`` (a
+    progress bar) the per-batch lines go to ``train.log`` only."""
     threads = torch.get_num_threads()
     try:
-        return _train(config, on_epoch)
+        return _train(config, on_epoch, on_batch)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None,
+           on_batch: Callable[[BatchProgress], None] | None) -> dict[str, Any]:
     started_wall = time.time()
     deadline = started_wall + config.max_minutes * 60 if config.max_minutes else None
     config.out.mkdir(parents=True, exist_ok=True)
@@ -326,11 +342,14 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
             step += 1
             loss_sum += float(loss.detach()) * len(indices)
             seen += len(indices)
+            rate = seen / max(time.time() - epoch_start, 1e-9)
+            if on_batch:
+                on_batch(BatchProgress(epoch + 1, len(plan), size, batch_index + 1, steps_per_epoch[epoch],
+                                       loss_sum / seen, rate))
             if (batch_index + 1) % 20 == 0 or batch_index + 1 == steps_per_epoch[epoch]:
-                elapsed = time.time() - epoch_start
                 logger.text(f"epoch {epoch + 1}/{len(plan)} {size}px batch {batch_index + 1}/"
                             f"{steps_per_epoch[epoch]} loss {loss_sum / seen:.4f} lr {lr:.4f} "
-                            f"{seen / elapsed:.1f} img/s")
+                            f"{rate:.1f} img/s", echo=on_batch is None)
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"loss is not finite at step {step}")
         train_seconds = time.time() - epoch_start
@@ -439,35 +458,3 @@ def _jsonable(value: Any) -> Any:
         return int(value)
     return value
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m model.train DATA OUT [stages]`` for background runs without the CLI."""
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, action="append", required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--stages", default="128:6,224:1")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--max-minutes", type=float)
-    parser.add_argument("--output", type=Path)
-    parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--version", default="")
-    parser.add_argument("--min-auc", type=float, default=0.9)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--init-weights", type=Path)
-    parser.add_argument("--finish-only", action="store_true")
-    parser.add_argument("--warmup-epochs", type=float, default=0.5)
-    args = parser.parse_args(argv)
-    config = TrainConfig(data=args.data, out=args.out, stages=parse_stages(args.stages), batch_size=args.batch_size,
-                         lr=args.lr, max_minutes=args.max_minutes, output=args.output, patience=args.patience,
-                         version=args.version, min_auc=args.min_auc, warmup_epochs=args.warmup_epochs,
-                         threads=args.threads, init_weights=args.init_weights, finish_only=args.finish_only)
-    summary = train(config)
-    return 0 if summary.get("checkpoint") else 1
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(main())

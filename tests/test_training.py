@@ -222,3 +222,22 @@ def test_cli_model_info_and_evaluate(tiny_run: dict, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "cli" / "report.json").read_text())
     assert report["threshold"] == 0.5 and report["threshold_source"] == "override"
+
+
+def test_cli_train_shows_progress_and_writes_the_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from model.checkpoint import read_metadata
+    from triage.cli import app
+
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "train", "--data", str(tiny_run["data"]), "--out", str(run), "--stages", "32:1", "--batch-size", "8",
+        "--lr", "0.01", "--val-fraction", "0.25", "--min-auc", "0", "--bootstrap", "20", "--threads", "1",
+        "--version", "cli-test"])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1 32px" in result.output and "validation AUC" in result.output
+    assert "px batch " not in result.output  # per-batch lines go to train.log only while a bar is shown
+    assert "32px batch " in (run / "train.log").read_text()
+    metadata = read_metadata(run / "model.safetensors")
+    assert metadata.version == "cli-test" and metadata.input_size == 32
