@@ -108,6 +108,34 @@ def test_cached_real_images_feed_the_network_exactly_as_serving_does() -> None:
         torch.testing.assert_close(batched, served, rtol=0, atol=1e-5)
 
 
+
+def test_shipped_model_scores_full_resolution_originals_like_the_224_copies_it_learned_from() -> None:
+    """Training saw the mirror's 224 px RGB JPEG copies; serving sees originals of any size. The stretch to the
+    model input must make the two agree, or every site's score would drift from the validated operating point."""
+    import io
+
+    from model.checkpoint import SHIPPED_CHECKPOINT
+    from model.inference import Classifier
+
+    folder = SHARED_DATA / "kermany-val-fullres"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the full-resolution Kermany images are needed for this test")
+    classifier = Classifier(SHIPPED_CHECKPOINT, "cpu")
+    originals, copies = [], []
+    for path in sorted(folder.rglob("*.jpeg")):
+        with Image.open(path) as image:
+            assert min(image.size) > 2 * 224, "the originals must be larger than the copies"
+            buffer = io.BytesIO()
+            image.convert("RGB").resize((224, 224), Image.BILINEAR).save(buffer, "JPEG", quality=75)
+        originals.append(to_model_input(load_display(path), classifier.preprocess))
+        buffer.seek(0)
+        copy = np.asarray(Image.open(buffer).convert("L"), dtype=np.float32) / np.float32(255.0)
+        copies.append(to_model_input(copy, classifier.preprocess))
+    full, small = classifier.score(torch.stack(originals)), classifier.score(torch.stack(copies))
+    assert len(full) == 16 and np.std(full) > 0.2, full  # the images are told apart, so agreement means something
+    assert np.max(np.abs(full - small)) < 0.05, np.round(full - small, 3)
+
+
 def test_augmentation_is_bounded_seeded_and_identity_at_zero_strength() -> None:
     images = torch.rand(4, 1, 48, 48)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
