@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
@@ -300,9 +300,10 @@ class WorklistFilter:
     status: str | None = None  # a WorklistStatus value
     flagged: bool | None = None
     read: bool | None = None
-    received_from: date | None = None  # UTC dates, both ends included
+    received_from: date | None = None  # days in ``zone``, both ends included
     received_to: date | None = None
     text: str | None = None  # every word must occur in patient name, patient ID or accession number
+    zone: tzinfo = timezone.utc  # the site's time zone: where a day starts and ends
 
 
 @dataclass(frozen=True)
@@ -366,15 +367,24 @@ def _apply_filter(query: Any, filters: WorklistFilter, images: Any, failed: Any)
         query = query.where(Study.flag.is_(filters.flagged))
     if filters.read is not None:
         query = query.where(Study.read_at.is_not(None) if filters.read else Study.read_at.is_(None))
-    if filters.received_from is not None:
-        query = query.where(Study.received_at >= datetime.combine(filters.received_from, time.min, timezone.utc))
-    if filters.received_to is not None:
-        query = query.where(Study.received_at <= datetime.combine(filters.received_to, time.max, timezone.utc))
+    if filters.received_from is not None and (start := _day_start(filters.received_from, filters.zone)):
+        query = query.where(Study.received_at >= start)
+    if filters.received_to is not None and filters.received_to < date.max and (
+            end := _day_start(filters.received_to + timedelta(days=1), filters.zone)):
+        query = query.where(Study.received_at < end)
     for word in (filters.text or "").split():
         pattern = f"%{_like_escape(word)}%"
         query = query.where(or_(*(column.ilike(pattern, escape="\\") for column in
                                   (Study.patient_name, Study.patient_id, Study.accession_number))))
     return query
+
+
+def _day_start(day: date, zone: tzinfo) -> datetime | None:
+    """When ``day`` begins in ``zone``, in UTC (what the columns hold); None past the calendar's ends."""
+    try:
+        return datetime.combine(day, time.min, zone).astimezone(timezone.utc)
+    except OverflowError:
+        return None
 
 
 def _order(sort: WorklistSort) -> list[Any]:
@@ -395,11 +405,12 @@ def _order(sort: WorklistSort) -> list[Any]:
 
 def worklist(session: Session, *, status: str | None = None, flagged: bool | None = None, read: bool | None = None,
              received_from: date | None = None, received_to: date | None = None, text: str | None = None,
-             sort: str | WorklistSort = WorklistSort.PRIORITY, limit: int = 200, offset: int = 0
-             ) -> list[WorklistEntry]:
+             zone: tzinfo = timezone.utc, sort: str | WorklistSort = WorklistSort.PRIORITY, limit: int = 200,
+             offset: int = 0) -> list[WorklistEntry]:
     """By default the triage order: flagged studies first (highest score first), then everything else in
-    arrival order; read studies last within each of the two groups. Filters combine with AND."""
-    filters = WorklistFilter(status, flagged, read, received_from, received_to, text)
+    arrival order; read studies last within each of the two groups. Filters combine with AND; the received
+    days are days in ``zone``."""
+    filters = WorklistFilter(status, flagged, read, received_from, received_to, text, zone)
     images, failed = _image_counts()
     query = (
         select(Study, images.label("images"), failed.label("failed"), ModelVersion.trained)
@@ -415,9 +426,9 @@ def worklist(session: Session, *, status: str | None = None, flagged: bool | Non
 
 def worklist_total(session: Session, *, status: str | None = None, flagged: bool | None = None,
                    read: bool | None = None, received_from: date | None = None, received_to: date | None = None,
-                   text: str | None = None) -> int:
+                   text: str | None = None, zone: tzinfo = timezone.utc) -> int:
     """How many studies the same filters match (for paging)."""
-    filters = WorklistFilter(status, flagged, read, received_from, received_to, text)
+    filters = WorklistFilter(status, flagged, read, received_from, received_to, text, zone)
     images, failed = _image_counts()
     query = _apply_filter(select(func.count(Study.id)), filters, images, failed)
     return int(session.scalar(query) or 0)

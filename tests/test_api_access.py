@@ -215,3 +215,37 @@ def test_a_crash_is_a_500_problem_without_details_and_health_says_503(client: Te
     assert response.json()["title"] == "Internal Server Error" and "sqlite" not in response.text.lower()
     health = quiet.get("/healthz")
     assert health.status_code == 503 and health.json()["detail"] == "the database is unreachable"
+
+
+def test_page_and_api_speak_the_sites_time_zone(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from db.models import Study
+
+    client = TestClient(create_app(f"sqlite:///{tmp_path / 'tz.sqlite3'}", api_token="s3cret",
+                                   timezone="America/New_York"))
+    add_study(client, "1.2.840.9", "1.2.840.9.1")
+    with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
+        session.execute(update(Study).values(received_at=datetime(2026, 11, 26, 3, 0, 5, tzinfo=timezone.utc)))
+    page = client.get("/", headers=AUTH | HTML)
+    assert "2026-11-25 22:00:05" in page.text and "Times are America/New_York." in page.text
+    assert 'datetime="2026-11-26T03:00:05+00:00"' in page.text  # machine-readable time stays UTC
+    study = client.get("/studies/1.2.840.9", headers=AUTH | HTML)
+    assert "Received (America/New_York)" in study.text and "2026-11-25 22:00:05" in study.text
+    day = lambda d: [e["study_uid"] for e in client.get(  # noqa: E731
+        f"/api/worklist?received_from={d}&received_to={d}", headers=AUTH).json()["items"]]
+    assert day("2026-11-25") == ["1.2.840.9"] and day("2026-11-26") == []
+    assert "1.2.840.9" in client.get("/?received_from=2026-11-25&received_to=2026-11-25", headers=AUTH | HTML).text
+    assert "1.2.840.9" not in client.get("/?received_from=2026-11-26", headers=AUTH | HTML).text
+
+
+def test_settings_refuse_an_unknown_time_zone() -> None:
+    from pydantic import ValidationError
+
+    from triage.settings import Settings
+
+    with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):
+        Settings(_env_file=None, timezone="Mars/Olympus")
+    assert Settings(_env_file=None, timezone="Europe/Berlin").timezone == "Europe/Berlin"

@@ -105,6 +105,27 @@ def test_received_date_range_and_sorts_and_paging(sessions: sessionmaker[Session
     assert order(sessions, limit=2) == ["s.d1", "s.d2"] and order(sessions, limit=2, offset=2) == ["s.d3"]
 
 
+def test_received_days_are_the_sites_days(sessions: sessionmaker[Session]) -> None:
+    """A hospital in New York asking for 25 November wants what arrived on its 25th, not UTC's."""
+    from zoneinfo import ZoneInfo
+
+    new_york, auckland = ZoneInfo("America/New_York"), ZoneInfo("Pacific/Auckland")
+    arrivals = {"s.late": datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc),  # 25 Nov 22:00 in New York
+                "s.noon": datetime(2026, 11, 26, 17, 0, tzinfo=timezone.utc)}  # 26 Nov 12:00 in New York
+    for index, (study, received) in enumerate(arrivals.items()):
+        add(sessions, f"9.{index}", study, 0.1)
+        with sessions.begin() as session:
+            session.execute(update(Study).where(Study.study_instance_uid == study).values(received_at=received))
+    nov25, nov26, nov27 = date(2026, 11, 25), date(2026, 11, 26), date(2026, 11, 27)
+    assert order(sessions, received_from=nov26, received_to=nov26) == ["s.late", "s.noon"]  # UTC by default
+    assert order(sessions, received_from=nov25, received_to=nov25, zone=new_york) == ["s.late"]
+    assert order(sessions, received_from=nov26, zone=new_york) == ["s.noon"]
+    assert order(sessions, received_from=nov27, received_to=nov27, zone=auckland) == ["s.noon"]  # UTC+13
+    assert order(sessions, received_from=date.min, received_to=date.max, zone=auckland) == ["s.late", "s.noon"]
+    with sessions() as session:
+        assert queries.worklist_total(session, received_to=nov25, zone=new_york) == 1
+
+
 def test_version_token_changes_with_what_the_list_shows(sessions: sessionmaker[Session]) -> None:
     def version() -> str:
         with sessions() as session:

@@ -64,7 +64,7 @@ def web_server(settings: Settings) -> uvicorn.Server:
         console.print(f"[red]TRIAGE_WEB_HOST={settings.web_host} is not loopback: set TRIAGE_API_TOKEN first[/red]")
         raise typer.Exit(2)
     app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
-                      api_tokens=settings.api_tokens)
+                      api_tokens=settings.api_tokens, timezone=settings.timezone)
     config = uvicorn.Config(app_, host=settings.web_host,
                             port=settings.web_port, log_level=settings.log_level.lower())
     return uvicorn.Server(config)
@@ -177,19 +177,22 @@ def show_worklist(
     if as_json:
         print(json.dumps([entry.to_dict() for entry in entries], indent=2))
         return
-    print_worklist(entries, untrained)
+    print_worklist(entries, untrained, settings.timezone)
 
 
-def print_worklist(entries: list[queries.WorklistEntry], untrained: bool) -> None:
-    from worklist.presentation import (TRIAGE_NOTICE, UNTRAINED_NOTICE, duration, reason_text, score,
+def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezone: str = "UTC") -> None:
+    from zoneinfo import ZoneInfo
+
+    from worklist.presentation import (TRIAGE_NOTICE, UNTRAINED_NOTICE, duration, local_time, reason_text, score,
                                        status_text)
 
     if untrained:
         console.print(f"[bold white on red] {UNTRAINED_NOTICE} [/]")
     table = Table(title="Worklist (flagged first by score, then arrival order; read studies last in each group)",
                   caption=TRIAGE_NOTICE)
-    keep_whole = {"flag", "score", "images", "received (UTC)", "to flag", "model"}
-    for column in ("flag", "score", "status", "patient", "accession", "description", "images", "received (UTC)",
+    received = f"received ({timezone})"
+    keep_whole = {"flag", "score", "images", received, "to flag", "model"}
+    for column in ("flag", "score", "status", "patient", "accession", "description", "images", received,
                    "to flag", "model", "read"):
         table.add_column(column, no_wrap=column in keep_whole, overflow="fold",
                          max_width=None if column in keep_whole else 28)
@@ -205,7 +208,7 @@ def print_worklist(entries: list[queries.WorklistEntry], untrained: bool) -> Non
             e.accession_number,
             e.study_description,
             str(e.images),
-            e.received_at.strftime("%Y-%m-%d %H:%M:%S"),
+            local_time(e.received_at, ZoneInfo(timezone)),
             duration(e.time_to_flag_s),
             (e.model_version or "") + (" (untrained)" if e.model_trained is False else ""),
             f"read by {e.read_by}" if e.read else "unread",

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     )
     task_max_retries: int = 5
     log_level: str = "INFO"
+    timezone: str = Field("UTC", description="IANA time zone of the site (e.g. Europe/Berlin): times on the page "
+                                             "and in the CLI, and the days of the date filters. Stored times are UTC.")
     api_tokens: str = Field(
         "", description="More bearer tokens, each with a name the audit table records: 'alice=TOKEN,bob=TOKEN'.")
 
@@ -51,6 +53,17 @@ class Settings(BaseSettings):
     def _split_aets(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as Europe/Berlin or UTC") from None
         return value
 
     @cached_property

@@ -31,12 +31,15 @@ class WorklistQuery:
 
     def __init__(
         self,
+        request: Request,
         status: queries.WorklistStatus | None = Query(
             None, description="PENDING, DONE, NOT_ANALYSED (includes FAILED) or FAILED"),
         flagged: bool | None = Query(None, description="Only flagged (true) or only unflagged (false) studies"),
         read: bool | None = Query(None, description="Only read (true) or only unread (false) studies"),
-        received_from: date | None = Query(None, description="Received on or after this day (UTC)"),
-        received_to: date | None = Query(None, description="Received on or before this day (UTC)"),
+        received_from: date | None = Query(None, description="Received on or after this day "
+                                                             "(a day in the site's time zone, TRIAGE_TIMEZONE)"),
+        received_to: date | None = Query(None, description="Received on or before this day "
+                                                           "(a day in the site's time zone, TRIAGE_TIMEZONE)"),
         q: str | None = Query(None, max_length=200, pattern=TEXT_PATTERN,
                               description="Words that must all occur in patient name, patient ID or accession"),
         sort: queries.WorklistSort = Query(queries.WorklistSort.PRIORITY,
@@ -46,7 +49,8 @@ class WorklistQuery:
         offset: int = Query(0, ge=0, le=1_000_000_000),
     ) -> None:
         self.filters = dict(status=status.value if status else None, flagged=flagged, read=read,
-                            received_from=received_from, received_to=received_to, text=q)
+                            received_from=received_from, received_to=received_to, text=q,
+                            zone=request.app.state.zone)
         self.sort, self.limit, self.offset = sort, limit, offset
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -34,10 +35,11 @@ __all__ = ["create_app", "TRIAGE_NOTICE", "UNTRAINED_NOTICE"]
 
 
 def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", poll_interval_s: float = 2.0,
-               model_card: Path | None = None) -> FastAPI:
+               model_card: Path | None = None, timezone: str = "UTC") -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
     (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
-    must only listen on loopback (``triage.cli.web_server`` enforces that)."""
+    must only listen on loopback (``triage.cli.web_server`` enforces that). ``timezone`` (IANA) is the site's:
+    the page shows times in it and the date filters of page and API count its days."""
     engine = make_engine(database_url)
     migrate(engine)
     sessions: sessionmaker[Session] = make_session_factory(engine)
@@ -48,12 +50,15 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
                     "With a token configured every route but /healthz needs `Authorization: Bearer <token>`.",
     )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters.update(jinja_filters())
+    zone = ZoneInfo(timezone)
+    templates.env.filters.update(jinja_filters(zone))
+    templates.env.globals["zone_name"] = timezone
     app.state.engine = engine
     app.state.sessions = sessions
     app.state.tokens = Tokens(parse_tokens(api_token, api_tokens))
     app.state.templates = templates
     app.state.poll_interval_s = poll_interval_s
+    app.state.zone = zone
     app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
     registry = metrics.make_registry(sessions)
     problems.install(app)

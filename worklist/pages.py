@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timezone, tzinfo
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -51,8 +51,8 @@ class PageQuery:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, params: dict[str, str]) -> "PageQuery":
-        query = cls()
+    def parse(cls, params: dict[str, str], zone: tzinfo = timezone.utc) -> "PageQuery":
+        query = cls(filters={"zone": zone})
         get = lambda key: _CONTROL.sub("", params.get(key, "")).strip()[:200]  # noqa: E731
         flag, status, read = get("flag"), get("status").upper(), get("read")
         query.filters["flagged"] = {"flagged": True, "not_flagged": False}.get(flag)
@@ -110,7 +110,7 @@ def _html(request: Request, template: str, context: dict[str, Any], status_code:
 @router.get("/", response_class=HTMLResponse)
 def worklist_page(request: Request, who: str = Depends(identity), db: Session = Depends(db_session)
                   ) -> HTMLResponse:
-    query = PageQuery.parse(dict(request.query_params))
+    query = PageQuery.parse(dict(request.query_params), request.app.state.zone)
     total = queries.worklist_total(db, **query.filters)
     pages = max(1, -(-total // query.per_page))
     query.page = min(query.page, pages)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
+from functools import partial
 from typing import Any
 
 TRIAGE_NOTICE = "Triage support only — not a diagnosis. Every study must still be read by a radiologist."
@@ -61,14 +62,15 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def utc(value: datetime | str | None) -> str:
+def local_time(value: datetime | str | None, zone: tzinfo = timezone.utc) -> str:
+    """A stored (UTC) time as the site's wall clock reads it; naive values are UTC."""
     if value is None:
         return "—"
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def iso(value: datetime | str | None) -> str:
@@ -81,5 +83,6 @@ def iso(value: datetime | str | None) -> str:
     return value.isoformat()
 
 
-def jinja_filters() -> dict[str, Any]:
-    return {"score": score, "duration": duration, "utc": utc, "iso": iso, "reason_text": reason_text}
+def jinja_filters(zone: tzinfo = timezone.utc) -> dict[str, Any]:
+    return {"score": score, "duration": duration, "local": partial(local_time, zone=zone), "iso": iso,
+            "reason_text": reason_text}
