@@ -241,11 +241,16 @@ def test_page_and_api_speak_the_sites_time_zone(tmp_path: Path) -> None:
     assert "1.2.840.9" not in client.get("/?received_from=2026-11-26", headers=AUTH | HTML).text
 
 
-def test_settings_refuse_an_unknown_time_zone() -> None:
+def test_settings_and_cli_refuse_an_unknown_time_zone() -> None:
     from pydantic import ValidationError
+    from typer.testing import CliRunner
 
+    from triage.cli import app
     from triage.settings import Settings
 
     with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):
         Settings(_env_file=None, timezone="Mars/Olympus")
     assert Settings(_env_file=None, timezone="Europe/Berlin").timezone == "Europe/Berlin"
+    result = CliRunner().invoke(app, ["worklist"], env={"TRIAGE_TIMEZONE": "Mars/Olympus"})
+    assert result.exit_code == 2 and "TRIAGE_TIMEZONE: Value error, unknown time zone" in result.output
+    assert "Traceback" not in result.output

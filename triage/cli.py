@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -26,8 +27,19 @@ app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (tria
 console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable in logs
 
 
+def load_settings() -> Settings:
+    """Settings from the environment and .env; a bad value ends the command naming its variable, not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        for problem in error.errors():
+            name = "TRIAGE_" + "_".join(str(part) for part in problem["loc"]).upper()
+            console.print(f"[red]{name}: {problem['msg']}[/red]")
+        raise typer.Exit(2) from None
+
+
 def _settings() -> Settings:
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level)
     settings.ensure_dirs()
     return settings

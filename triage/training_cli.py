@@ -28,9 +28,9 @@ def _split_folders(values: list[str]) -> tuple[str, ...]:
 
 def _default_model() -> Path:
     from model.checkpoint import default_checkpoint
-    from triage.settings import Settings
+    from triage.cli import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     if settings.model:
         return Path(settings.model)
     return default_checkpoint(settings.model_cache_dir)
@@ -125,11 +125,11 @@ def evaluate_command(
     """Confusion matrix, accuracy, recall, precision, specificity, F1, ROC AUC with 95% bootstrap intervals."""
     from model.evaluate import evaluate
     from model.metrics import format_table
-    from triage.settings import Settings
+    from triage.cli import load_settings
 
     checkpoint = model or _default_model()
     if threshold is None:
-        threshold = Settings().threshold
+        threshold = load_settings().threshold
     with _progress() as progress:
         scoring = progress.add_task("scoring", total=None, detail="")
 
