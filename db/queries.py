@@ -477,6 +477,21 @@ def worklist_version(session: Session) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def study_version(session: Session, study_uid: str) -> str | None:
+    """Like ``worklist_version`` for one study's page (its result, read state and each image's status); None when
+    there is no such study."""
+    study = session.execute(select(Study.id, Study.updated_at, Study.read_at, Study.read_by)
+                            .where(Study.study_instance_uid == study_uid)).first()
+    if study is None:
+        return None
+    instances = session.execute(
+        select(Instance.sop_instance_uid, Instance.status, Instance.receive_count, Instance.finished_at)
+        .where(Instance.study_id == study.id).order_by(Instance.sop_instance_uid)).all()
+    models = session.execute(select(func.count(ModelVersion.sha256), func.max(ModelVersion.registered_at))).one()
+    raw = "|".join(str(value) for value in (*study, *(v for row in instances for v in row), *models))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
 def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
     """One study with its instances (each with its own score, threshold and decision), or None."""
     study = session.scalars(

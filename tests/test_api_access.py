@@ -52,7 +52,7 @@ def audit_rows(client: TestClient) -> list[tuple[str, str, str | None]]:
 
 
 def test_api_refuses_requests_without_the_token(client: TestClient) -> None:
-    for path in ("/api/worklist", "/api/studies/1.2.3", "/api/worklist/version", "/api/models", "/metrics"):
+    for path in ("/api/worklist", "/api/studies/1.2.3", "/api/worklist/version", "/api/studies/1.2.3/version", "/api/models", "/metrics"):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
             response = client.get(path, headers=headers)
             assert response.status_code == 401, (path, headers)
@@ -72,6 +72,12 @@ def test_unknown_study_is_a_404_problem(client: TestClient) -> None:
     assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404,
                                "detail": "study not found", "instance": "/api/studies/1.2.3"}
     assert client.get("/api/no-such-route", headers=AUTH).headers["content-type"] == "application/problem+json"
+    version = client.get("/api/studies/1.2.3/version", headers=AUTH)
+    assert version.status_code == 404 and version.json()["detail"] == "study not found"
+    add_study(client, "1.2.3", "1.2.3.1")
+    token = client.get("/api/studies/1.2.3/version", headers=AUTH).json()["version"]
+    assert len(token) == 16 and client.put("/api/studies/1.2.3/read", headers=AUTH).status_code == 200
+    assert client.get("/api/studies/1.2.3/version", headers=AUTH).json()["version"] != token
 
 
 def test_bad_filter_is_a_client_error(client: TestClient) -> None:

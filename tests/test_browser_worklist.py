@@ -1,7 +1,7 @@
 """End to end in a real headless Chromium (Debian's, driven by Playwright): studies C-STOREd to the running
 system appear on the open worklist without a reload and in triage order, the reader keeps their place, the
-study page shows the previews and toggles the heat map, marking read moves the row, and the not-analysed reason
-is shown. Screenshots go to test-output/browser/.
+study page shows the previews and toggles the heat map, marking read moves the row, the not-analysed reason is
+shown, and an open study page follows changes. Screenshots go to test-output/browser/.
 
 How the flags are made honestly: the system runs unchanged (listener, worker, web as real processes) with a test
 checkpoint whose scores are mid-range (see ``mid_range_checkpoint``). Before the stack starts, the two chest images
@@ -259,3 +259,23 @@ def page_sop(scenario: Scenario, name: str) -> str:
 def scenario_threshold(scenario: Scenario) -> float:
     return (scenario.scores["unflagged"] + scenario.scores["flagged"]) / 2
 
+
+
+def test_an_open_study_page_follows_changes_without_a_reload(page, scenario: Scenario) -> None:  # type: ignore[no-untyped-def]
+    expect = playwright_api.expect
+    scenario.send_all_and_wait()
+    u = scenario.uids["unflagged"]
+    page.goto(f"/studies/{u}")
+    expect(page.locator("#read-status")).to_contain_text("Unread.")
+    page.evaluate("window.__notReloaded = true")
+
+    # Another reader marks it read through the API: the open page shows it, then shows it unread again.
+    assert scenario.stack.http.put(f"/api/studies/{u}/read").json()["read"] is True
+    expect(page.locator("#read-status")).to_contain_text("Marked read by", timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_role("button", name="Mark as unread")).to_be_visible()
+    expect(page.locator("#live-status")).to_contain_text("Study updated at", timeout=UI_TIMEOUT_MS)
+    assert scenario.stack.http.delete(f"/api/studies/{u}/read").json()["read"] is False
+    expect(page.locator("#read-status")).to_contain_text("Unread.", timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_role("button", name="Mark as read")).to_be_visible()
+    assert page.evaluate("window.__notReloaded === true")
+    expect(page.locator(".decision .badge")).to_have_text("not flagged")  # the region came back whole

@@ -126,6 +126,30 @@ def test_received_days_are_the_sites_days(sessions: sessionmaker[Session]) -> No
         assert queries.worklist_total(session, received_to=nov25, zone=new_york) == 1
 
 
+def test_study_version_changes_with_what_its_page_shows(sessions: sessionmaker[Session]) -> None:
+    def version(study: str = "s.v") -> str | None:
+        with sessions() as session:
+            return queries.study_version(session, study)
+
+    assert version() is None
+    item = receive(sessions, "7.1", "s.v")
+    seen = [version()]
+    receive(sessions, "7.9", "s.other")
+    assert version() == seen[-1]  # another study's arrival is not this page's news
+    with sessions.begin() as session:
+        work = queries.claim(session, item.instance_id)
+    seen.append(version())
+    assert work is not None
+    with sessions.begin() as session:
+        queries.finish(session, work, queries.Outcome(InstanceStatus.DONE, None, score=0.9, **MODEL))
+    seen.append(version())
+    mark(sessions, "s.v", read=True)
+    seen.append(version())
+    receive(sessions, "7.2", "s.v")  # a second image of the study
+    seen.append(version())
+    assert None not in seen and len(set(seen)) == len(seen), seen
+
+
 def test_version_token_changes_with_what_the_list_shows(sessions: sessionmaker[Session]) -> None:
     def version() -> str:
         with sessions() as session:

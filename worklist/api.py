@@ -83,6 +83,15 @@ def api_worklist_version(_who: Identity, db: Db) -> dict[str, str]:
     return {"version": queries.worklist_version(db)}
 
 
+@router.get("/studies/{study_uid}/version", response_model=schemas.StudyVersion, responses=NOT_FOUND,
+            summary="A token that changes when the study's result, read state or images may have changed")
+def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, str]:
+    version = queries.study_version(db, study_uid)
+    if version is None:
+        raise Problem(404, "study not found")
+    return {"version": version}
+
+
 def study_body(db: Session, study_uid: str, prefix: str) -> dict[str, Any]:
     detail = queries.study_detail(db, study_uid)
     if detail is None:

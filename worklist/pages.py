@@ -137,7 +137,8 @@ def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identit
     study = study_body(db, study_uid, "/api")
     back = _back(request)
     context = _common(request, db, who) | {"study": study, "back": back, "status_text": status_text,
-                                            "back_param": quote(back, safe="")}
+                                            "back_param": quote(back, safe=""),
+                                            "version": queries.study_version(db, study_uid)}
     audit(request, who, "view", study_uid, "GET /studies/{uid}")
     return _html(request, "study.html", context)
 

@@ -52,6 +52,10 @@ class WorklistVersion(BaseModel):
     version: str = Field(description="Changes whenever anything on the worklist may have changed")
 
 
+class StudyVersion(BaseModel):
+    version: str = Field(description="Changes whenever anything on the study's page may have changed")
+
+
 class InstanceItem(BaseModel):
     sop_instance_uid: str
     sop_class_uid: str

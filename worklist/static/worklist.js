@@ -3,8 +3,8 @@
 (function () {
   "use strict";
 
-  function setupHeatmapToggles() {
-    document.querySelectorAll("button.heatmap-toggle").forEach(function (button) {
+  function setupHeatmapToggles(root) {
+    root.querySelectorAll("button.heatmap-toggle").forEach(function (button) {
       var img = document.getElementById(button.getAttribute("aria-controls"));
       if (!img || !img.dataset.heatmapSrc) return;
       button.hidden = false;
@@ -21,44 +21,23 @@
     });
   }
 
-  function setupLiveWorklist() {
-    var region = document.getElementById("worklist-region");
+  function now() { return new Date().toLocaleTimeString(); }
+
+  // Poll the page's version token (data-version-url on #live-status); when it changes, fetch this page again and
+  // hand the fresh copy of the region to `apply`. Only a change costs a page fetch (and, for a study, an audit row).
+  function pollForChanges(regionId, apply) {
+    var region = document.getElementById(regionId);
     var live = document.getElementById("live-status");
-    if (!region || !live || !window.fetch || !window.DOMParser) return;
+    if (!region || !live || !live.dataset.versionUrl || !window.fetch || !window.DOMParser) return;
     var interval = parseInt(live.dataset.pollMs, 10) || 2000;
     var version = region.dataset.version;
     var busy = false;
-
-    function rows(root) {
-      return Array.prototype.slice.call(root.querySelectorAll("tr[data-study-uid]"));
-    }
-    function byUid(uid) {
-      return region.querySelector('tr[data-study-uid="' + CSS.escape(uid) + '"]');
-    }
-    // The reader's place: the focused link or button, else the first row still on screen, and where it stood.
-    function place() {
-      var active = document.activeElement;
-      var key = active && region.contains(active) ? active.getAttribute("data-focus-key") : null;
-      var ref = key ? (active.closest("tr[data-study-uid]") || null) : null;
-      if (!ref) {
-        ref = rows(region).find(function (row) { return row.getBoundingClientRect().bottom > 0; }) || null;
-      }
-      return { key: key, uid: ref ? ref.dataset.studyUid : null, top: ref ? ref.getBoundingClientRect().top : 0 };
-    }
-    function restore(saved) {
-      if (saved.key) {
-        var focusable = region.querySelector('[data-focus-key="' + CSS.escape(saved.key) + '"]');
-        if (focusable) focusable.focus({ preventScroll: true });
-      }
-      var row = saved.uid ? byUid(saved.uid) : null;
-      if (row) window.scrollBy(0, row.getBoundingClientRect().top - saved.top);
-    }
 
     async function refresh() {
       if (busy || document.hidden) return;
       busy = true;
       try {
-        var check = await fetch("/api/worklist/version", {
+        var check = await fetch(live.dataset.versionUrl, {
           credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
         if (check.status === 401) {
           live.textContent = "You have been signed out: reload the page to sign in again.";
@@ -71,21 +50,14 @@
           credentials: "same-origin", cache: "no-store", headers: { Accept: "text/html" } });
         if (!page.ok) return;
         var doc = new DOMParser().parseFromString(await page.text(), "text/html");
-        var fresh = doc.getElementById("worklist-region");
+        var fresh = doc.getElementById(regionId);
         if (!fresh) return;
         var banners = document.getElementById("banners"), freshBanners = doc.getElementById("banners");
         if (banners && freshBanners && banners.innerHTML !== freshBanners.innerHTML) {
           banners.innerHTML = freshBanners.innerHTML;  // e.g. the UNTRAINED MODEL banner with the first result
         }
-        var before = new Set(rows(region).map(function (row) { return row.dataset.studyUid; }));
-        var saved = place();
-        region.innerHTML = fresh.innerHTML;
+        live.textContent = apply(region, fresh);
         version = region.dataset.version = fresh.dataset.version || current;
-        restore(saved);
-        var added = rows(region).filter(function (row) { return !before.has(row.dataset.studyUid); });
-        added.forEach(function (row) { row.classList.add("arrived"); });
-        live.textContent = (added.length ? added.length + (added.length === 1 ? " study" : " studies") +
-          " added. " : "") + "List updated at " + new Date().toLocaleTimeString() + ".";
       } catch (error) {
         /* a network hiccup: the next tick tries again */
       } finally {
@@ -97,8 +69,56 @@
     document.addEventListener("visibilitychange", function () { if (!document.hidden) refresh(); });
   }
 
+  function setupLiveWorklist() {
+    function rows(root) {
+      return Array.prototype.slice.call(root.querySelectorAll("tr[data-study-uid]"));
+    }
+    // The reader's place: the focused link or button, else the first row still on screen, and where it stood.
+    function place(region) {
+      var active = document.activeElement;
+      var key = active && region.contains(active) ? active.getAttribute("data-focus-key") : null;
+      var ref = key ? (active.closest("tr[data-study-uid]") || null) : null;
+      if (!ref) {
+        ref = rows(region).find(function (row) { return row.getBoundingClientRect().bottom > 0; }) || null;
+      }
+      return { key: key, uid: ref ? ref.dataset.studyUid : null, top: ref ? ref.getBoundingClientRect().top : 0 };
+    }
+    function restore(region, saved) {
+      if (saved.key) {
+        var focusable = region.querySelector('[data-focus-key="' + CSS.escape(saved.key) + '"]');
+        if (focusable) focusable.focus({ preventScroll: true });
+      }
+      var row = saved.uid ? region.querySelector('tr[data-study-uid="' + CSS.escape(saved.uid) + '"]') : null;
+      if (row) window.scrollBy(0, row.getBoundingClientRect().top - saved.top);
+    }
+
+    pollForChanges("worklist-region", function (region, fresh) {
+      var before = new Set(rows(region).map(function (row) { return row.dataset.studyUid; }));
+      var saved = place(region);
+      region.innerHTML = fresh.innerHTML;
+      restore(region, saved);
+      var added = rows(region).filter(function (row) { return !before.has(row.dataset.studyUid); });
+      added.forEach(function (row) { row.classList.add("arrived"); });
+      return (added.length ? added.length + (added.length === 1 ? " study" : " studies") + " added. " : "") +
+        "List updated at " + now() + ".";
+    });
+  }
+
+  function setupLiveStudy() {
+    pollForChanges("study-region", function (region, fresh) {
+      var active = document.activeElement;
+      var focusedId = active && region.contains(active) ? active.id : "";
+      region.innerHTML = fresh.innerHTML;
+      setupHeatmapToggles(region);
+      var again = focusedId ? document.getElementById(focusedId) : null;
+      if (again) again.focus({ preventScroll: true });
+      return "Study updated at " + now() + ".";
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
-    setupHeatmapToggles();
+    setupHeatmapToggles(document);
     setupLiveWorklist();
+    setupLiveStudy();
   });
 })();
