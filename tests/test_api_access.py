@@ -52,7 +52,8 @@ def audit_rows(client: TestClient) -> list[tuple[str, str, str | None]]:
 
 
 def test_api_refuses_requests_without_the_token(client: TestClient) -> None:
-    for path in ("/api/worklist", "/api/studies/1.2.3", "/api/worklist/version", "/api/studies/1.2.3/version", "/api/models", "/metrics"):
+    for path in ("/api/worklist", "/api/studies/1.2.3", "/api/worklist/version", "/api/studies/1.2.3/version",
+                 "/api/models", "/metrics"):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic czNjcmV0"}):
             response = client.get(path, headers=headers)
             assert response.status_code == 401, (path, headers)

@@ -260,7 +260,6 @@ def scenario_threshold(scenario: Scenario) -> float:
     return (scenario.scores["unflagged"] + scenario.scores["flagged"]) / 2
 
 
-
 def test_an_open_study_page_follows_changes_without_a_reload(page, scenario: Scenario) -> None:  # type: ignore[no-untyped-def]
     expect = playwright_api.expect
     scenario.send_all_and_wait()

@@ -108,7 +108,6 @@ def test_cached_real_images_feed_the_network_exactly_as_serving_does() -> None:
         torch.testing.assert_close(batched, served, rtol=0, atol=1e-5)
 
 
-
 def test_shipped_model_scores_full_resolution_originals_like_the_224_copies_it_learned_from() -> None:
     """Training saw the mirror's 224 px RGB JPEG copies; serving sees originals of any size. The stretch to the
     model input must make the two agree, or every site's score would drift from the validated operating point."""

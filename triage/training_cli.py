@@ -18,6 +18,7 @@ def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[detail]}"), console=console)
 
+
 DataOption = Annotated[list[Path], typer.Option("--data", help="Folder with NORMAL/ and positive class folders "
                                                               "(PNG, JPEG or DICOM); repeat to combine.")]
 
