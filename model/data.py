@@ -3,7 +3,7 @@
 Images come from class folders (``NORMAL/``, ``PNEUMONIA/``, optionally ``COVID/`` …) of PNG, JPEG or DICOM.
 DICOM goes through ``dicom_io.display.display_image`` exactly as when serving; PNG/JPEG become grayscale [0, 1].
 The cache holds display images at ``cache_size`` (uint8); ``batch_to_model_input`` is the batched twin of
-``model.preprocess.to_model_input`` (same interpolation, clamp and normalisation; a test proves them equal).
+``model.preprocess.to_model_input``, built from the same ``stretch`` and ``normalize`` (a test proves them equal).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.preprocess import PreprocessSpec
+from model.preprocess import PreprocessSpec, normalize, stretch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
 DEFAULT_NEGATIVE = ("NORMAL",)
@@ -186,12 +186,11 @@ def load_display(path: Path) -> np.ndarray:
 
 
 def resize_display(display: np.ndarray, size: int) -> np.ndarray:
-    """The same antialiased bilinear stretch as ``to_model_input``, on the [0, 1] display image."""
+    """The stretch of ``to_model_input`` (``model.preprocess.stretch``), on the [0, 1] display image."""
     if display.shape == (size, size):
         return display.astype(np.float32, copy=False)
     image = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None]
-    resized = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return resized.clamp_(0.0, 1.0)[0, 0].numpy()
+    return stretch(image, size)[0, 0].numpy()
 
 
 def build_cache(samples: Sequence[Sample], size: int = 224,
@@ -230,22 +229,13 @@ def displays_from_cache(cache: np.ndarray, indices: Sequence[int] | np.ndarray) 
 
 
 def resize_batch(displays: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, H, W) → (N, 1, size, size): the interpolation and clamp of ``to_model_input``."""
-    resized = F.interpolate(displays[:, None], size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized.clamp_(0.0, 1.0)
-
-
-def normalize_batch(resized: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """(N, 1, S, S) in [0, 1] → (N, 3, S, S) normalised as ``to_model_input`` does."""
-    mean = torch.tensor(spec.mean, dtype=torch.float32, device=resized.device)[None, :, None, None]
-    std = torch.tensor(spec.std, dtype=torch.float32, device=resized.device)[None, :, None, None]
-    return ((resized.expand(-1, 3, -1, -1) - mean) / std).contiguous()
+    """(N, H, W) → (N, 1, size, size) with ``model.preprocess.stretch`` (augmentation comes after it)."""
+    return stretch(displays[:, None], size)
 
 
 def batch_to_model_input(displays: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     """Batched ``to_model_input``: identical per image (tests/test_training.py checks it)."""
-    return normalize_batch(resize_batch(displays, spec.size), spec)
+    return normalize(resize_batch(displays, spec.size), spec)
 
 
 # --- augmentation ---------------------------------------------------------------------------------------------

@@ -37,13 +37,23 @@ class PreprocessSpec:
         )
 
 
+def stretch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 1, H, W) display images in [0, 1] → (N, 1, size, size), antialiased bilinear: the one resize that
+    serving and training share, so neither can drift from the other."""
+    resized = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.clamp_(0.0, 1.0)
+
+
+def normalize(stretched: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(N, 1, S, S) in [0, 1] → (N, 3, S, S): grey repeated to three channels, the checkpoint's mean and std."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=stretched.device)[None, :, None, None]
+    std = torch.tensor(spec.std, dtype=torch.float32, device=stretched.device)[None, :, None, None]
+    return ((stretched.expand(-1, 3, -1, -1) - mean) / std).contiguous()
+
+
 def to_model_input(display: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
-    """A (3, size, size) float32 tensor from a 2-D display image in [0, 1] (antialiased bilinear resize)."""
+    """A (3, size, size) float32 tensor from a 2-D display image in [0, 1]."""
     if display.ndim != 2:
         raise ValueError(f"expected a 2-D grayscale image, got shape {display.shape}")
     image = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None]
-    resized = F.interpolate(image, size=(spec.size, spec.size), mode="bilinear", antialias=True, align_corners=False)
-    resized = resized.clamp_(0.0, 1.0)[0].expand(3, -1, -1)
-    mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
-    return ((resized - mean) / std).contiguous()
+    return normalize(stretch(image, spec.size), spec)[0]

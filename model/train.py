@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from model.checkpoint import CheckpointMetadata, save_checkpoint
 from model.data import (AugmentSpec, Sample, augment_batch, cached_dataset, deduplicate, discover,
-                        displays_from_cache, normalize_batch, patient_split, resize_batch)
+                        displays_from_cache, patient_split, resize_batch)
 from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
 from model.network import ARCHITECTURE, build_network
-from model.preprocess import PreprocessSpec
+from model.preprocess import PreprocessSpec, normalize
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def predict_cache(network: torch.nn.Module, cache: np.ndarray, size: int, spec: 
     scores = []
     for start in range(0, len(cache), batch_size):
         displays = displays_from_cache(cache, np.arange(start, min(start + batch_size, len(cache))))
-        inputs = normalize_batch(resize_batch(displays, size), spec).to(device)
+        inputs = normalize(resize_batch(displays, size), spec).to(device)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             logits = network(inputs)
@@ -324,7 +324,7 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
             resized = resize_batch(displays, size)
             if config.augment:
                 resized = augment_batch(resized, augment, generator)
-            inputs = normalize_batch(resized, spec_base).to(device).contiguous(memory_format=torch.channels_last)
+            inputs = normalize(resized, spec_base).to(device).contiguous(memory_format=torch.channels_last)
             targets = torch.from_numpy(train_labels[indices]).to(device)
             lr = learning_rate(step, total_steps, warmup, config.lr)
             for group in optimizer.param_groups:
