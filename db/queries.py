@@ -467,14 +467,19 @@ def _entry(study: Study, images: int, failed: int, trained: bool | None) -> Work
     )
 
 
+def _version_token(session: Session, *values: Any) -> str:
+    """A short hash of ``values`` and of the registered models (a new model changes every page's banner)."""
+    models = session.execute(select(func.count(ModelVersion.sha256), func.max(ModelVersion.registered_at))).one()
+    raw = "|".join(str(value) for value in (*values, *models))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
 def worklist_version(session: Session) -> str:
     """A short token that changes whenever anything the worklist shows may have changed (for live updates)."""
     studies = session.execute(select(func.count(Study.id), func.max(Study.updated_at))).one()
     instances = session.execute(select(func.count(Instance.id), func.max(Instance.received_at),
                                        func.max(Instance.finished_at), func.sum(Instance.receive_count))).one()
-    models = session.execute(select(func.count(ModelVersion.sha256), func.max(ModelVersion.registered_at))).one()
-    raw = "|".join(str(value) for value in (*studies, *instances, *models))
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return _version_token(session, *studies, *instances)
 
 
 def study_version(session: Session, study_uid: str) -> str | None:
@@ -487,9 +492,11 @@ def study_version(session: Session, study_uid: str) -> str | None:
     instances = session.execute(
         select(Instance.sop_instance_uid, Instance.status, Instance.receive_count, Instance.finished_at)
         .where(Instance.study_id == study.id).order_by(Instance.sop_instance_uid)).all()
-    models = session.execute(select(func.count(ModelVersion.sha256), func.max(ModelVersion.registered_at))).one()
-    raw = "|".join(str(value) for value in (*study, *(v for row in instances for v in row), *models))
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+    return _version_token(session, *study, *(value for row in instances for value in row))
+
+
+def study_exists(session: Session, study_uid: str) -> bool:
+    return session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid)) is not None
 
 
 def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:

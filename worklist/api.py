@@ -54,13 +54,17 @@ class WorklistQuery:
         self.sort, self.limit, self.offset = sort, limit, offset
 
 
+def notices(db: Session) -> dict[str, Any]:
+    """What every API answer says about itself: triage support only, and whether the model in use is untrained."""
+    untrained = queries.untrained_models_in_use(db)
+    return {"notice": TRIAGE_NOTICE, "untrained_model": untrained,
+            "model_warning": UNTRAINED_NOTICE if untrained else None}
+
+
 def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
     entries = queries.worklist(db, **params.filters, sort=params.sort, limit=params.limit, offset=params.offset)
-    untrained = queries.untrained_models_in_use(db)
     return {
-        "notice": TRIAGE_NOTICE,
-        "untrained_model": untrained,
-        "model_warning": UNTRAINED_NOTICE if untrained else None,
+        **notices(db),
         "total": queries.worklist_total(db, **params.filters),
         "limit": params.limit,
         "offset": params.offset,
@@ -96,9 +100,7 @@ def study_body(db: Session, study_uid: str, prefix: str) -> dict[str, Any]:
     detail = queries.study_detail(db, study_uid)
     if detail is None:
         raise Problem(404, "study not found")
-    untrained = queries.untrained_models_in_use(db)
-    detail.update(notice=TRIAGE_NOTICE, untrained_model=untrained,
-                  model_warning=UNTRAINED_NOTICE if untrained else None)
+    detail.update(notices(db))
     for instance in detail["instances"]:
         sop = instance["sop_instance_uid"]
         instance["preview_url"] = image_url(prefix, study_uid, sop, "preview") if instance["has_preview"] else None
@@ -167,7 +169,7 @@ def api_mark_unread(request: Request, study_uid: StudyUid, who: Identity) -> dic
             summary="Who read this study, and when (newest first)")
 def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
                     limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-    if queries.study_detail(db, study_uid) is None:
+    if not queries.study_exists(db, study_uid):
         raise Problem(404, "study not found")
     return queries.audit_events(db, study_uid=study_uid, limit=limit)
 
@@ -175,9 +177,7 @@ def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
 @router.get("/models", response_model=schemas.Models, responses=ERRORS,
             summary="The models that produced results, with their training metadata and thresholds")
 def api_models(request: Request, _who: Identity, db: Db) -> dict[str, Any]:
-    untrained = queries.untrained_models_in_use(db)
-    return {"notice": TRIAGE_NOTICE, "untrained_model": untrained,
-            "model_warning": UNTRAINED_NOTICE if untrained else None,
+    return {**notices(db),
             "model_card_available": request.app.state.model_card_path.is_file(),
             "models": queries.model_versions(db)}
 

@@ -37,6 +37,14 @@ SORT_LABELS = {
 }
 STATUS_LABELS = {"PENDING": "pending", "DONE": "done", "NOT_ANALYSED": "not analysed or failed",
                  "FAILED": "failed"}
+# (value, label) of each choice in the worklist form's drop-downs; "" means no filter.
+FILTER_OPTIONS = {
+    "flag": [("", "all"), ("flagged", "flagged"), ("not_flagged", "not flagged")],
+    "status": [("", "all"), *STATUS_LABELS.items()],
+    "read": [("", "all"), ("unread", "unread"), ("read", "read")],
+    "sort": list(SORT_LABELS.items()),
+    "per_page": [(str(n), str(n)) for n in PER_PAGE_CHOICES],
+}
 
 
 @dataclass
@@ -95,9 +103,11 @@ class PageQuery:
         return urlencode({k: v for k, v in values.items() if v})
 
 
-def _common(request: Request, db: Session, who: str) -> dict[str, Any]:
+def _common(request: Request, db: Session, who: str, untrained: bool | None = None) -> dict[str, Any]:
+    """What every page shows around its content (``untrained``: already known to the caller, else looked up)."""
     tokens: Tokens = request.app.state.tokens
-    untrained = queries.untrained_models_in_use(db)
+    if untrained is None:
+        untrained = queries.untrained_models_in_use(db)
     return {"notice": TRIAGE_NOTICE, "untrained": untrained, "untrained_notice": UNTRAINED_NOTICE,
             "identity": who, "tokens_enabled": tokens.enabled, "csrf": tokens.csrf_token(who),
             "poll_ms": int(request.app.state.poll_interval_s * 1000)}
@@ -119,26 +129,26 @@ def worklist_page(request: Request, who: str = Depends(identity), db: Session = 
     context = _common(request, db, who) | {
         "entries": entries, "total": total, "query": query, "pages": pages, "offset": offset,
         "version": queries.worklist_version(db), "status_text": status_text, "sort_labels": SORT_LABELS,
-        "status_labels": STATUS_LABELS, "per_page_choices": PER_PAGE_CHOICES,
+        "filter_options": FILTER_OPTIONS,
         "back": quote(query.link(), safe=""),
     }
     audit(request, who, "list", detail="GET /")
     return _html(request, "worklist.html", context)
 
 
-def _back(request: Request) -> str:
-    back = _CONTROL.sub("", request.query_params.get("back", ""))[:1000]
-    return back.lstrip("/?")
+def _clean_back(value: str) -> str:
+    """The worklist query string to return to (no control characters, bounded, never a path)."""
+    return _CONTROL.sub("", value)[:1000].lstrip("/?")
 
 
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identity),
                db: Session = Depends(db_session)) -> HTMLResponse:
     study = study_body(db, study_uid, "/api")
-    back = _back(request)
-    context = _common(request, db, who) | {"study": study, "back": back, "status_text": status_text,
-                                            "back_param": quote(back, safe=""),
-                                            "version": queries.study_version(db, study_uid)}
+    back = _clean_back(request.query_params.get("back", ""))
+    context = _common(request, db, who, study["untrained_model"]) | {
+        "study": study, "back": back, "status_text": status_text, "back_param": quote(back, safe=""),
+        "version": queries.study_version(db, study_uid)}
     audit(request, who, "view", study_uid, "GET /studies/{uid}")
     return _html(request, "study.html", context)
 
@@ -158,7 +168,7 @@ async def study_read_form(request: Request, study_uid: StudyUid, who: str = Depe
     with request.app.state.sessions.begin() as session:
         if queries.set_read(session, study_uid, read=action == "read", actor=who) is None:
             raise Problem(404, "study not found")
-    back = _CONTROL.sub("", form.get("back", ""))[:1000]
+    back = _clean_back(form.get("back", ""))
     target = f"/studies/{quote(study_uid, safe='')}" + (f"?back={quote(back, safe='')}" if back else "")
     return RedirectResponse(target, status_code=303)
 
@@ -176,13 +186,15 @@ def _safe_next(value: str | None) -> str:
     return value if value.startswith("/") and not value.startswith("//") and "\\" not in value else "/"
 
 
+def _login_context(target: str, error: str | None = None) -> dict[str, Any]:
+    return {"notice": TRIAGE_NOTICE, "next": target, "error": error, "identity": None, "tokens_enabled": True}
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request) -> Response:
     if not request.app.state.tokens.enabled:
         return RedirectResponse("/", status_code=303)
-    context = {"notice": TRIAGE_NOTICE, "next": _safe_next(request.query_params.get("next")), "error": None,
-               "identity": None, "tokens_enabled": True}
-    return _html(request, "login.html", context)
+    return _html(request, "login.html", _login_context(_safe_next(request.query_params.get("next"))))
 
 
 @router.post("/login")
@@ -192,9 +204,7 @@ async def login(request: Request) -> Response:
     target = _safe_next(form.get("next"))
     name = tokens.identify(form.get("token", "")) if tokens.enabled else DEMO_IDENTITY
     if name is None:
-        context = {"notice": TRIAGE_NOTICE, "next": target, "error": "That token is not valid.",
-                   "identity": None, "tokens_enabled": True}
-        return _html(request, "login.html", context, status_code=401)
+        return _html(request, "login.html", _login_context(target, "That token is not valid."), status_code=401)
     response = RedirectResponse(target, status_code=303)
     if tokens.enabled:
         response.set_cookie(COOKIE_NAME, tokens.cookie_for(name), max_age=COOKIE_MAX_AGE_S, httponly=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -93,8 +94,6 @@ def install(app: FastAPI) -> None:
     async def _unauthenticated(request: Request, _exc: NotAuthenticated) -> Response:
         if wants_html(request) and request.method == "GET":
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            from urllib.parse import quote
-
             return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         return problem_response(request, 401, "a valid bearer token is required",
                                 headers={"WWW-Authenticate": 'Bearer realm="cxr-triage"'})
