@@ -122,7 +122,7 @@ def format_table(metrics: dict[str, Any]) -> str:
     """The study's table (TP, TN, FP, FN, accuracy, recall, precision) plus specificity, F1, AUC with intervals."""
     lines = [f"n={metrics['n']}  threshold={metrics['threshold']:.4f}",
              f"TP={metrics['tp']}  TN={metrics['tn']}  FP={metrics['fp']}  FN={metrics['fn']}"]
-    for name in ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc"):
+    for name in POINT_METRICS:
         ci = metrics.get(f"{name}_ci95")
         label = "recall (sensitivity)" if name == "sensitivity" else name
         text = f"{label:<22}{_number(metrics.get(name))}"

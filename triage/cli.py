@@ -236,12 +236,11 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file, one per line.")] = False,
 ) -> None:
     """Show the decision, reason, encoding and window for each file, and optionally what the model sees."""
-    from model.checkpoint import default_checkpoint, read_metadata
+    from model.checkpoint import read_metadata
     from triage.inspect import inspect_file
+    from worker.pipeline import checkpoint_path
 
-    settings = _settings()
-    spec = read_metadata(Path(settings.model) if settings.model else default_checkpoint(settings.model_cache_dir)
-                         ).preprocess_spec
+    spec = read_metadata(checkpoint_path(worker_config(_settings()))).preprocess_spec
     for path in files:
         result = inspect_file(path, spec, png)
         if as_json:

@@ -28,13 +28,12 @@ def _split_folders(values: list[str]) -> tuple[str, ...]:
 
 
 def _default_model() -> Path:
-    from model.checkpoint import default_checkpoint
+    """The checkpoint the workers would load (TRIAGE_MODEL, else the shipped one)."""
     from triage.cli import load_settings
+    from triage.runtime import worker_config
+    from worker.pipeline import checkpoint_path
 
-    settings = load_settings()
-    if settings.model:
-        return Path(settings.model)
-    return default_checkpoint(settings.model_cache_dir)
+    return checkpoint_path(worker_config(load_settings()))
 
 
 def train_command(
