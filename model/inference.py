@@ -20,6 +20,17 @@ def pick_device(requested: str = "") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@torch.inference_mode()
+def positive_probabilities(network: torch.nn.Module, batch: torch.Tensor, device: torch.device,
+                           positive_class: int = 1) -> np.ndarray:
+    """Softmax probability of ``positive_class`` for a (N, 3, H, W) batch: channels-last, fp16 autocast on a GPU.
+    Serving and the training's validation pass both score through here."""
+    inputs = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        logits = network(inputs)
+    return torch.softmax(logits.float(), dim=1)[:, positive_class].cpu().numpy()
+
+
 class Classifier:
     """Loaded once per worker process; ``score`` returns the positive-class probability per input."""
 
@@ -37,11 +48,6 @@ class Classifier:
     def version(self) -> str:
         return self.metadata.version
 
-    @torch.inference_mode()
     def score(self, batch: torch.Tensor) -> np.ndarray:
         """Positive-class probabilities for a (N, 3, H, W) batch."""
-        inputs = batch.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
-            logits = self.network(inputs)
-        probabilities = torch.softmax(logits.float(), dim=1)[:, self.metadata.positive_class]
-        return probabilities.cpu().numpy()
+        return positive_probabilities(self.network, batch, self.device, self.metadata.positive_class)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from model.checkpoint import CheckpointMetadata, save_checkpoint
 from model.data import (AugmentSpec, Sample, augment_batch, cached_dataset, deduplicate, discover,
                         displays_from_cache, patient_split, resize_batch)
+from model.inference import positive_probabilities
 from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
 from model.network import ARCHITECTURE, build_network
 from model.preprocess import PreprocessSpec, normalize
@@ -155,7 +156,6 @@ def load_init_weights(network: torch.nn.Module, path: Path) -> list[str]:
     return sorted(set(own) - set(usable))
 
 
-@torch.no_grad()
 def predict_cache(network: torch.nn.Module, cache: np.ndarray, size: int, spec: PreprocessSpec,
                   device: torch.device, batch_size: int = 64) -> np.ndarray:
     """Positive-class probabilities for every cached display image, preprocessed at ``size``."""
@@ -163,11 +163,7 @@ def predict_cache(network: torch.nn.Module, cache: np.ndarray, size: int, spec: 
     scores = []
     for start in range(0, len(cache), batch_size):
         displays = displays_from_cache(cache, np.arange(start, min(start + batch_size, len(cache))))
-        inputs = normalize(resize_batch(displays, size), spec).to(device)
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            logits = network(inputs)
-        scores.append(torch.softmax(logits.float(), 1)[:, 1].cpu().numpy())
+        scores.append(positive_probabilities(network, normalize(resize_batch(displays, size), spec), device))
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
