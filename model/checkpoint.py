@@ -44,6 +44,8 @@ class CheckpointMetadata:
     preprocessing: dict[str, Any] = field(default_factory=lambda: PreprocessSpec().to_dict())
     training_data: dict[str, Any] = field(default_factory=dict)
     validation_metrics: dict[str, Any] = field(default_factory=dict)
+    # populations, age range (years) and views validated on; empty for older checkpoints (nothing is known)
+    validated_population: dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     @property

@@ -34,6 +34,34 @@ class Sample:
     label: int  # 1 = positive class
     patient: str
     folder: str
+    site: str = ""  # the hospital / collection the pixels come from: the unit of shortcut checks and balancing
+    population: str = "adult"  # "adult" or "pediatric": validation reports each separately
+
+
+# Data-set knowledge that file names cannot carry. Roots whose folder name starts with one of PEDIATRIC_ROOTS hold
+# children's films; everything else is adult. SITE_OF maps (root, manifest source, class folder) to the hospital
+# the pixels come from: adult-cxr's "radiography-db" normals are NIH ChestX-ray14 films (RSNA "Normal" reads) while
+# its COVID films are BIMCV's, so the two must not count as one site.
+PEDIATRIC_ROOTS = ("kermany",)
+SITE_OF = {
+    ("adult-cxr", "radiography-db", "NORMAL"): "nih",
+    ("adult-cxr", "radiography-db", "COVID"): "bimcv",
+    ("nih-adult", "", "NORMAL"): "nih",
+    ("nih-adult", "", "PNEUMONIA"): "nih",
+}
+
+
+def population_of(root: Path) -> str:
+    return "pediatric" if Path(root).name.lower().startswith(PEDIATRIC_ROOTS) else "adult"
+
+
+def manifest_rows(root: Path) -> dict[str, dict[str, str]]:
+    """``root/MANIFEST.csv`` rows by path relative to the root (adult-cxr and nih-adult have one), else empty."""
+    manifest = Path(root) / "MANIFEST.csv"
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        return {row["path"]: row for row in csv.DictReader(handle) if row.get("path")}
 
 
 # --- patients -------------------------------------------------------------------------------------------------
@@ -94,6 +122,8 @@ def discover(root: Path, negative: Sequence[str] = DEFAULT_NEGATIVE,
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such data folder")
     patients = covid_patients(root)
+    rows = manifest_rows(root)
+    population = population_of(root)
     samples: list[Sample] = []
     for label, folders in ((0, negative), (1, positive)):
         for folder in folders:
@@ -103,8 +133,14 @@ def discover(root: Path, negative: Sequence[str] = DEFAULT_NEGATIVE,
             for path in sorted(base.rglob("*")):
                 if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
                     continue
-                patient = patients.get(path.name) or patient_from_name(path.name, folder)
-                samples.append(Sample(path=path, label=label, patient=patient, folder=folder))
+                row = rows.get(path.relative_to(root).as_posix(), {})
+                group = row.get("group") or row.get("patient")
+                patient = (f"{root.name}:{group}" if group else
+                           patients.get(path.name) or patient_from_name(path.name, folder))
+                source = row.get("source", "")
+                site = SITE_OF.get((root.name, source, folder), f"{root.name}:{source}" if source else root.name)
+                samples.append(Sample(path=path, label=label, patient=patient, folder=folder, site=site,
+                                      population=population))
     if not samples:
         raise FileNotFoundError(f"{root}: no images in {', '.join([*negative, *positive])}")
     return sorted(samples, key=lambda s: str(s.path))
@@ -136,7 +172,27 @@ def deduplicate(samples: Iterable[Sample]) -> tuple[list[Sample], dict[str, int]
 
 def patient_split(samples: Sequence[Sample], val_fraction: float = 0.15,
                   seed: int = 0) -> tuple[list[Sample], list[Sample]]:
-    """Patient-disjoint split, stratified by the patient's label (a patient with any positive image is positive)."""
+    """Patient-disjoint split, stratified by site and by the patient's label (a patient with any positive image is
+    positive). Each site is split on its own, so adding a site leaves the other sites' validation images as they
+    were (a single-site data set splits exactly as before sites existed)."""
+    by_site: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_site[sample.site].append(sample)
+    site_of_patient: dict[str, str] = {}
+    for sample in samples:  # a patient seen at two sites is split with the first one
+        site_of_patient.setdefault(sample.patient, sample.site)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for site in sorted(by_site):
+        members = [s for s in samples if site_of_patient[s.patient] == site]
+        site_train, site_val = _split_one(members, val_fraction, seed)
+        train += site_train
+        val += site_val
+    key = lambda s: str(s.path)  # noqa: E731
+    return sorted(train, key=key), sorted(val, key=key)
+
+
+def _split_one(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     by_patient: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:
         by_patient[sample.patient].append(sample)
@@ -155,6 +211,31 @@ def patient_split(samples: Sequence[Sample], val_fraction: float = 0.15,
     train = [s for s in samples if s.patient not in val_patients]
     val = [s for s in samples if s.patient in val_patients]
     return train, val
+
+
+def sampling_weights(samples: Sequence[Sample], min_class_images: int = 50) -> np.ndarray:
+    """Per-image sampling probabilities that take the hospital out of the label.
+
+    Each site gets a share proportional to the square root of its size (small sites are heard, big ones do not
+    drown them); inside a site that has at least ``min_class_images`` of each class, the classes get equal halves,
+    so "looks like this hospital" predicts nothing about the label there (NIH: 4,400 normals against 238
+    pneumonias would otherwise teach "NIH-looking means normal"). Sites with one class keep it as it is.
+    """
+    by_site: dict[str, list[int]] = defaultdict(list)
+    for index, sample in enumerate(samples):
+        by_site[sample.site].append(index)
+    weights = np.zeros(len(samples), dtype=np.float64)
+    for members in by_site.values():
+        share = np.sqrt(len(members))
+        labels = np.array([samples[i].label for i in members])
+        counts = np.bincount(labels, minlength=2)
+        if counts.min() >= min_class_images:
+            for label in (0, 1):
+                chosen = [i for i, lab in zip(members, labels) if lab == label]
+                weights[chosen] = share / 2 / len(chosen)
+        else:
+            weights[members] = share / len(members)
+    return weights / weights.sum()
 
 
 # --- decoding -------------------------------------------------------------------------------------------------
@@ -251,6 +332,12 @@ class AugmentSpec:
     brightness: float = 0.08
     contrast: tuple[float, float] = (0.8, 1.2)
     gamma: tuple[float, float] = (0.8, 1.25)
+    # Cues that tell hospitals apart rather than lungs: sharpness (one source was squashed to 224 px before we got
+    # it) and what lies at the edges (collimation, burnt-in text, markers).
+    blur_probability: float = 0.5
+    blur_scale: tuple[float, float] = (0.4, 1.0)  # resample down to this share of the size and back up
+    border_probability: float = 0.5
+    border_max: float = 0.12  # each edge blanked over up to this share of the side
 
 
 def augment_batch(resized: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
@@ -273,4 +360,37 @@ def augment_batch(resized: torch.Tensor, spec: AugmentSpec, generator: torch.Gen
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     contrast = uniform(*spec.contrast)[:, None, None, None]
     brightness = uniform(-spec.brightness, spec.brightness)[:, None, None, None]
-    return ((out - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    out = ((out - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    return _blank_borders(_soften(out, spec, generator), spec, generator)
+
+
+def _soften(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+    """Resample a random subset down and back up, so sharpness stops telling one source from another."""
+    size = images.shape[-1]
+    chosen = torch.rand(images.shape[0], generator=generator) < spec.blur_probability
+    if not chosen.any():
+        return images
+    low, high = spec.blur_scale
+    small = max(8, int(size * (low + (high - low) * float(torch.rand(1, generator=generator)))))
+    softened = F.interpolate(F.interpolate(images[chosen], size=(small, small), mode="bilinear", antialias=True,
+                                           align_corners=False),
+                             size=(size, size), mode="bilinear", align_corners=False)
+    images = images.clone()
+    images[chosen] = softened.clamp_(0.0, 1.0)
+    return images
+
+
+def _blank_borders(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
+    """Set random-width edge strips of a random subset to black, as collimation does, so the content of the edges
+    (labels, markers, a hospital's framing) cannot decide."""
+    n, size = images.shape[0], images.shape[-1]
+    widths = (torch.rand(n, 4, generator=generator) * spec.border_max * size).long()
+    chosen = torch.rand(n, generator=generator) < spec.border_probability
+    rows = torch.arange(size)
+    for index in torch.nonzero(chosen).flatten().tolist():
+        top, bottom, left, right = widths[index].tolist()
+        keep_rows = (rows >= top) & (rows < size - bottom)
+        keep_cols = (rows >= left) & (rows < size - right)
+        images[index, :, ~keep_rows, :] = 0.0
+        images[index, :, :, ~keep_cols] = 0.0
+    return images

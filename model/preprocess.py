@@ -18,6 +18,9 @@ class PreprocessSpec:
 
     size: int = 224
     resize: str = "stretch"  # the whole image to size×size, aspect not kept (as the training data was made)
+    # Histogram equalisation after the resize: every source's exposure, window and bit depth map onto the same
+    # flat histogram, so the network cannot tell hospitals apart by brightness or contrast (older checkpoints: off).
+    equalize: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -32,6 +35,7 @@ class PreprocessSpec:
         return cls(
             size=int(data["size"]),  # type: ignore[arg-type]
             resize="stretch",
+            equalize=bool(data.get("equalize", False)),
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[union-attr]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[union-attr]
         )
@@ -44,8 +48,26 @@ def stretch(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized.clamp_(0.0, 1.0)
 
 
+EQUALIZE_LEVELS = 256
+
+
+def equalize_histogram(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1, S, S) in [0, 1] → the same shape, each image's grey levels replaced by their cumulative share of pixels
+    (256 levels, mid-rank for ties), so any monotonic change of exposure or window gives the same output."""
+    n = images.shape[0]
+    levels = (images.reshape(n, -1).clamp(0.0, 1.0) * (EQUALIZE_LEVELS - 1)).round_().long()
+    counts = torch.zeros(n, EQUALIZE_LEVELS, dtype=torch.float32, device=images.device)
+    counts.scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float32))
+    below = counts.cumsum(1) - counts
+    mid_rank = (below + 0.5 * counts) / levels.shape[1]
+    return mid_rank.gather(1, levels).reshape(images.shape)
+
+
 def normalize(stretched: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """(N, 1, S, S) in [0, 1] → (N, 3, S, S): grey repeated to three channels, the checkpoint's mean and std."""
+    """(N, 1, S, S) in [0, 1] → (N, 3, S, S): equalised when the checkpoint says so, grey repeated to three
+    channels, the checkpoint's mean and std."""
+    if spec.equalize:
+        stretched = equalize_histogram(stretched)
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=stretched.device)[None, :, None, None]
     std = torch.tensor(spec.std, dtype=torch.float32, device=stretched.device)[None, :, None, None]
     return ((stretched.expand(-1, 3, -1, -1) - mean) / std).contiguous()

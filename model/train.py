@@ -22,10 +22,11 @@ import torch.nn.functional as F
 
 from model.checkpoint import CheckpointMetadata, save_checkpoint
 from model.data import (AugmentSpec, Sample, augment_batch, cached_dataset, deduplicate, discover,
-                        displays_from_cache, patient_split, resize_batch)
+                        displays_from_cache, patient_split, resize_batch, sampling_weights)
 from model.inference import positive_probabilities
 from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
 from model.network import ARCHITECTURE, build_network
+from model.precision import autocast_dtype, precision_name
 from model.preprocess import PreprocessSpec, normalize
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,11 @@ class TrainConfig:
     seed: int = 0
     patience: int = 3
     target_sensitivity: float = 0.95
-    balance: str = "weights"  # "weights" (class-weighted loss) or "sampler" (balanced sampling)
+    balance: str = "weights"  # "weights" (class-weighted loss), "sampler" (class-balanced) or "sites" (by site
+    # and class, model.data.sampling_weights)
+    equalize: bool = False  # histogram equalisation in the model's preprocessing (stored in the checkpoint)
+    epoch_images: int = 0  # images per epoch when sampling (0 = the training set's size)
+    allow_bf16: bool = True  # bf16 autocast where the CPU has native bf16 (model.precision)
     augment: bool = True
     init_weights: Path | None = None
     device: str = ""
@@ -157,13 +162,14 @@ def load_init_weights(network: torch.nn.Module, path: Path) -> list[str]:
 
 
 def predict_cache(network: torch.nn.Module, cache: np.ndarray, size: int, spec: PreprocessSpec,
-                  device: torch.device, batch_size: int = 64) -> np.ndarray:
+                  device: torch.device, batch_size: int = 64, precision: torch.dtype | None = None) -> np.ndarray:
     """Positive-class probabilities for every cached display image, preprocessed at ``size``."""
     network.eval()
     scores = []
     for start in range(0, len(cache), batch_size):
         displays = displays_from_cache(cache, np.arange(start, min(start + batch_size, len(cache))))
-        scores.append(positive_probabilities(network, normalize(resize_batch(displays, size), spec), device))
+        scores.append(positive_probabilities(network, normalize(resize_batch(displays, size), spec), device,
+                                             precision=precision))
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
@@ -196,12 +202,66 @@ def prepare_data(config: TrainConfig, logger: EpochLog) -> dict[str, Any]:
         "train_images": len(train), "train_positive": sum(s.label for s in train),
         "val_images": len(val), "val_positive": sum(s.label for s in val),
         "train_patients": len({s.patient for s in train}), "val_patients": len({s.patient for s in val}),
-        "split": f"patient-disjoint, stratified by patient label, val_fraction={config.val_fraction}, "
+        "split": f"patient-disjoint, per site, stratified by patient label, val_fraction={config.val_fraction}, "
                  f"seed={config.seed}",
+        "sites": site_counts(train, val),
     }
     (config.out / "split.json").write_text(json.dumps(
         {"train": [str(s.path) for s in train], "val": [str(s.path) for s in val]}, indent=0))
     return {"train": train, "val": val, "train_cache": train_cache, "val_cache": val_cache, "summary": summary}
+
+
+def site_counts(train: Sequence[Sample], val: Sequence[Sample]) -> dict[str, dict[str, Any]]:
+    """Images per site and class in each part of the split (what the model card's data table shows)."""
+    counts: dict[str, dict[str, Any]] = {}
+    for part, samples in (("train", train), ("val", val)):
+        for sample in samples:
+            entry = counts.setdefault(sample.site, {"population": sample.population, "train": [0, 0], "val": [0, 0]})
+            entry[part][sample.label] += 1
+    return dict(sorted(counts.items()))
+
+
+def population_metrics(scores: np.ndarray, samples: Sequence[Sample]) -> dict[str, Any]:
+    """AUC per population and, per site and class, the score distribution: the shortcut check (a site whose
+    normals score like another site's positives is being told apart by its hospital, not its lungs)."""
+    labels = np.array([s.label for s in samples])
+    result: dict[str, Any] = {"populations": {}, "sites": {}}
+    for population in sorted({s.population for s in samples}):
+        chosen = np.array([s.population == population for s in samples])
+        result["populations"][population] = {
+            "images": int(chosen.sum()), "positive": int(labels[chosen].sum()),
+            "auc": roc_auc(scores[chosen], labels[chosen]) if len(set(labels[chosen])) == 2 else None}
+    for site in sorted({s.site for s in samples}):
+        chosen = np.array([s.site == site for s in samples])
+        entry: dict[str, Any] = {"auc": roc_auc(scores[chosen], labels[chosen])
+                                 if len(set(labels[chosen])) == 2 else None}
+        for label, name in ((0, "negative"), (1, "positive")):
+            picked = scores[chosen & (labels == label)]
+            if len(picked):
+                entry[name] = {"n": int(len(picked)), "mean": float(picked.mean()),
+                               "quartiles": [float(q) for q in np.percentile(picked, [25, 50, 75])]}
+        result["sites"][site] = entry
+    return result
+
+
+POPULATION_AGES = {"pediatric": [1, 5], "adult": [18, None]}  # years; Kermany: children aged one to five
+
+
+def validated_population(val: Sequence[Sample]) -> dict[str, Any]:
+    """What the checkpoint was validated on, so the worklist can mark a study outside it."""
+    populations = sorted({s.population for s in val})
+    return {"populations": populations, "age_years": {p: POPULATION_AGES.get(p) for p in populations},
+            "views": ["PA", "AP"], "sites": sorted({s.site for s in val})}
+
+
+def selection_mask(samples: Sequence[Sample]) -> np.ndarray:
+    """The validation images that choose the best epoch and the threshold: the adult ones (the population a
+    hospital sends) when they hold both classes, else all."""
+    adult = np.array([s.population == "adult" for s in samples])
+    labels = np.array([s.label for s in samples])
+    if adult.any() and len(set(labels[adult])) == 2:
+        return adult
+    return np.ones(len(samples), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -259,13 +319,18 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
                     if config.balance == "weights" else None)
     if class_weight is not None:
         class_weight = class_weight.to(device)
-    spec_base = PreprocessSpec()
+    draw_weights = (torch.from_numpy(sampling_weights(data["train"])) if config.balance == "sites" else
+                    torch.tensor(1.0 / counts[train_labels], dtype=torch.float64))
+    spec_base = PreprocessSpec(equalize=config.equalize)
     augment = AugmentSpec()
+    precision = autocast_dtype(device, config.allow_bf16)
+    selected = selection_mask(data["val"])
 
     plan = epoch_plan(config.stages)
-    steps_per_epoch = [max(1, int(round(frac * len(train_labels) / config.batch_size))) for _, frac in plan]
+    epoch_images = config.epoch_images or len(train_labels)
+    steps_per_epoch = [max(1, int(round(frac * epoch_images / config.batch_size))) for _, frac in plan]
     total_steps = sum(steps_per_epoch)
-    warmup = max(1, int(config.warmup_epochs * len(train_labels) / config.batch_size))
+    warmup = max(1, int(config.warmup_epochs * epoch_images / config.batch_size))
 
     state_path = config.out / "last.pt"
     start_epoch, step = 0, 0
@@ -282,7 +347,7 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
         else:
             logger.text("last.pt is from another plan: starting afresh")
     logger.text(f"plan: {[f'{s}px x{f:g}' for s, f in plan]}, {total_steps} steps, batch {config.batch_size}, "
-                f"device {device}, threads {torch.get_num_threads()}")
+                f"device {device}, {precision_name(precision)}, threads {torch.get_num_threads()}")
     (config.out / "config.json").write_text(json.dumps(config.to_json(), indent=2))
 
     stop_reason = "completed plan"
@@ -302,9 +367,9 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
                 logger.text(stop_reason)
                 break
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        if config.balance == "sampler":
-            weights = torch.tensor(1.0 / counts[train_labels], dtype=torch.float64)
-            order = torch.multinomial(weights, steps_per_epoch[epoch] * config.batch_size, True, generator=generator)
+        if config.balance in ("sampler", "sites"):
+            order = torch.multinomial(draw_weights, steps_per_epoch[epoch] * config.batch_size, True,
+                                      generator=generator)
         else:
             order = torch.cat([torch.randperm(len(train_labels), generator=generator)
                                for _ in range(math.ceil(fraction) or 1)])
@@ -325,7 +390,7 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
             lr = learning_rate(step, total_steps, warmup, config.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
                 logits = network(inputs)
                 loss = F.cross_entropy(logits.float(), targets, weight=class_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -350,12 +415,13 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
                 raise FloatingPointError(f"loss is not finite at step {step}")
         train_seconds = time.time() - epoch_start
         val_start = time.time()
-        scores = predict_cache(network, val_cache, size, spec_base, device)
+        scores = predict_cache(network, val_cache, size, spec_base, device, precision=precision)
         val_seconds = time.time() - val_start
-        auc = roc_auc(scores, val_labels)
-        threshold = threshold_for_sensitivity(scores, val_labels, config.target_sensitivity)
-        predicted = scores >= threshold
-        specificity = float(np.mean(~predicted[val_labels == 0]))
+        by_population = population_metrics(scores, data["val"])
+        auc = roc_auc(scores[selected], val_labels[selected])
+        threshold = threshold_for_sensitivity(scores[selected], val_labels[selected], config.target_sensitivity)
+        predicted = scores[selected] >= threshold
+        specificity = float(np.mean(~predicted[val_labels[selected] == 0]))
         improved = auc > best["auc"]
         epochs_without_gain = 0 if improved else epochs_without_gain + 1
         record = {"epoch": epoch + 1, "size": size, "fraction": fraction, "steps": step, "lr_end": lr,
@@ -364,11 +430,14 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
                   "val_seconds": round(val_seconds, 1), "val_auc": auc,
                   "val_threshold_at_target": threshold, "val_specificity_at_target": specificity,
                   "val_accuracy_at_0.5": float(np.mean((scores >= 0.5) == (val_labels == 1))),
+                  "val_auc_all": roc_auc(scores, val_labels), "val_by_population": by_population,
                   "improved": improved, "epochs_without_gain": epochs_without_gain,
                   "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         history.append(record)
         logger.epoch(record)
-        logger.text(f"epoch {epoch + 1} done: {size}px loss {record['train_loss']:.4f} val AUC {auc:.4f} "
+        aucs = ", ".join(f"{name} {entry['auc']:.4f}" for name, entry in by_population["populations"].items()
+                         if entry["auc"] is not None)
+        logger.text(f"epoch {epoch + 1} done: {size}px loss {record['train_loss']:.4f} val AUC {auc:.4f} ({aucs}) "
                     f"spec@sens{config.target_sensitivity:g} {specificity:.3f} ({train_seconds / 60:.1f}+"
                     f"{val_seconds / 60:.1f} min){' *best*' if improved else ''}")
         np.save(config.out / f"val_scores_epoch{epoch + 1}.npy", scores)
@@ -399,10 +468,20 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         logger.text("no epoch finished: nothing to write")
         return summary
     scores = np.load(config.out / "best_val_scores.npy")
-    threshold = threshold_for_sensitivity(scores, val_labels, config.target_sensitivity)
-    metrics = metrics_with_intervals(scores, val_labels, threshold, n_boot=config.bootstrap, seed=config.seed)
+    selected = selection_mask(data["val"])
+    threshold = threshold_for_sensitivity(scores[selected], val_labels[selected], config.target_sensitivity)
+    metrics = metrics_with_intervals(scores[selected], val_labels[selected], threshold, n_boot=config.bootstrap,
+                                     seed=config.seed)
     metrics["target_sensitivity"] = config.target_sensitivity
+    metrics["threshold_chosen_on"] = "adult validation" if not selected.all() else "all validation"
     metrics["epoch"] = best["epoch"]
+    metrics["populations"] = {}
+    for population in sorted({s.population for s in data["val"]}):
+        chosen = np.array([s.population == population for s in data["val"]])
+        if len(set(val_labels[chosen])) == 2:
+            metrics["populations"][population] = metrics_with_intervals(
+                scores[chosen], val_labels[chosen], threshold, n_boot=config.bootstrap, seed=config.seed)
+    metrics["shortcut_check"] = population_metrics(scores, data["val"])["sites"]
     summary["validation_metrics"] = metrics
     logger.text(f"best epoch {best['epoch']} ({best['size']}px): AUC {metrics['auc']:.4f} "
                 f"{metrics['auc_ci95']}, threshold {threshold:.4f} sensitivity {metrics['sensitivity']:.4f} "
@@ -420,6 +499,10 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         "horizontal_flip": False, "init": str(config.init_weights) if config.init_weights else "random",
         "seed": config.seed, "stop_reason": stop_reason, "wall_minutes": round(wall_seconds / 60, 1),
         "device": config.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "precision": precision_name(autocast_dtype(torch.device(config.device or ("cuda" if torch.cuda.is_available()
+                                                                                   else "cpu")), config.allow_bf16)),
+        "sampling": config.balance, "images_per_epoch": config.epoch_images or data["summary"]["train_images"],
+        "equalize": config.equalize,
     }
     training_data = {**data["summary"], "recipe": recipe}
     if metrics["auc"] < config.min_auc:
@@ -432,8 +515,8 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
                                      f"-auc{metrics['auc']:.3f}")
         metadata = CheckpointMetadata(
             version=version, trained=True, threshold=float(threshold), input_size=size,
-            preprocessing=PreprocessSpec(size=size).to_dict(), training_data=training_data,
-            validation_metrics=_jsonable(metrics))
+            preprocessing=PreprocessSpec(size=size, equalize=config.equalize).to_dict(), training_data=training_data,
+            validation_metrics=_jsonable(metrics), validated_population=validated_population(data["val"]))
         output = config.output or (config.out / "model.safetensors")
         sha = save_checkpoint(network, metadata, output)
         summary["checkpoint"] = {"path": str(output), "sha256": sha, "bytes": output.stat().st_size,

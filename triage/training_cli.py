@@ -58,8 +58,15 @@ def train_command(
     patience: Annotated[int, typer.Option(help="Early stop after this many epochs without a val AUC gain.")] = 3,
     target_sensitivity: Annotated[float, typer.Option(help="The threshold is chosen on validation data for this "
                                                            "sensitivity.")] = 0.95,
-    balance: Annotated[str, typer.Option(help="'weights' (class-weighted loss) or 'sampler' (balanced sampling).")
-                       ] = "weights",
+    balance: Annotated[str, typer.Option(help="'weights' (class-weighted loss), 'sampler' (class-balanced "
+                                              "sampling) or 'sites' (balanced by site and class against shortcut "
+                                              "learning).")] = "weights",
+    equalize: Annotated[bool, typer.Option(help="Histogram-equalise every input (stored in the checkpoint, so "
+                                                "serving does the same).")] = False,
+    epoch_images: Annotated[int, typer.Option(help="Images drawn per epoch when sampling (0 = training set size)."
+                                              )] = 0,
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast where the CPU has native bf16 (it is chosen from the "
+                                            "CPU's flags; never used without them).")] = True,
     augment: Annotated[bool, typer.Option(help="Rotation/scale/translation and brightness/contrast/gamma; "
                                                "never a horizontal flip.")] = True,
     init_weights: Annotated[Optional[Path], typer.Option(help="Initialise from a torchvision ResNet50 weights file "
@@ -78,8 +85,8 @@ def train_command(
     """Train the ResNet50 classifier (SGDM, cross-entropy) with a patient-disjoint validation split."""
     from model.train import BatchProgress, TrainConfig, parse_stages, train
 
-    if balance not in ("weights", "sampler"):
-        raise typer.BadParameter("balance must be 'weights' or 'sampler'")
+    if balance not in ("weights", "sampler", "sites"):
+        raise typer.BadParameter("balance must be 'weights', 'sampler' or 'sites'")
     run = out or Path("var/train") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     config = TrainConfig(
         data=list(data), out=run, negative=_split_folders(negative_folder), positive=_split_folders(positive_folder),
@@ -87,7 +94,8 @@ def train_command(
         warmup_epochs=warmup_epochs, val_fraction=val_fraction, seed=seed, patience=patience,
         target_sensitivity=target_sensitivity, balance=balance, augment=augment, init_weights=init_weights,
         device=device, max_minutes=max_minutes, output=output, min_auc=min_auc, version=version,
-        bootstrap=bootstrap, threads=threads, finish_only=finish_only)
+        bootstrap=bootstrap, threads=threads, finish_only=finish_only, equalize=equalize, epoch_images=epoch_images,
+        allow_bf16=bf16)
     console.print(f"run folder {run} (epochs.jsonl, train.log; rerun the same command to resume)")
     with _progress() as progress:
         bars: dict[int, int] = {}
