@@ -1,7 +1,8 @@
 """Training data: find labelled images, drop byte-identical duplicates, split by patient, decode into a cache.
 
 Images come from class folders (``NORMAL/``, ``PNEUMONIA/``, optionally ``COVID/`` …) of PNG, JPEG or DICOM.
-DICOM goes through ``dicom_io.display.display_image`` exactly as when serving; PNG/JPEG become grayscale [0, 1].
+Every file becomes a display image through ``model.preparation.file_display``, the worker's own path (DICOM the worker
+would refuse is left out); PNG/JPEG become grayscale [0, 1].
 The cache holds display images at ``cache_size`` (uint8); ``batch_to_model_input`` is the batched twin of
 ``model.preprocess.to_model_input``, built from the same ``stretch`` and ``normalize`` (a test proves them equal).
 """
@@ -21,13 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.folders import DEFAULT_IGNORED, DEFAULT_NEGATIVE, DEFAULT_POSITIVE, UnmappedFolderError, unmapped_folders
 from model.preprocess import PreprocessSpec, normalize, stretch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
-DEFAULT_NEGATIVE = ("NORMAL",)
-DEFAULT_POSITIVE = ("PNEUMONIA",)
-
-
 @dataclass(frozen=True)
 class Sample:
     path: Path
@@ -116,11 +114,19 @@ def file_digest(path: Path) -> str:
 
 
 def discover(root: Path, negative: Sequence[str] = DEFAULT_NEGATIVE,
-             positive: Sequence[str] = DEFAULT_POSITIVE) -> list[Sample]:
-    """Every image under ``root/<class folder>/`` (recursively), labelled by its folder; sorted by path."""
+             positive: Sequence[str] = DEFAULT_POSITIVE, ignored: Sequence[str] = DEFAULT_IGNORED) -> list[Sample]:
+    """Every image under ``root/<class folder>/`` (recursively), labelled by its folder; sorted by path.
+
+    A folder that is neither a class nor ignored stops with UnmappedFolderError naming it."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such data folder")
+    unknown = unmapped_folders(root, negative, positive, ignored)
+    if unknown:
+        raise UnmappedFolderError(
+            f"{root}: folder(s) {', '.join(unknown)} are neither negative ({', '.join(negative)}), positive "
+            f"({', '.join(positive)}) nor ignored ({', '.join(ignored)}); map them with --positive-folder / "
+            f"--negative-folder, ignore them with --ignore-folder, or use --by-folder for SOURCE/CLASS/ data")
     patients = covid_patients(root)
     rows = manifest_rows(root)
     population = population_of(root)
@@ -240,30 +246,30 @@ def sampling_weights(samples: Sequence[Sample], min_class_images: int = 50) -> n
 
 # --- decoding -------------------------------------------------------------------------------------------------
 
-def _is_dicom(path: Path) -> bool:
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    with open(path, "rb") as handle:
-        head = handle.read(132)
-    return head[128:132] == b"DICM"
-
-
 def load_display(path: Path) -> np.ndarray:
-    """A 2-D float32 display image in [0, 1]: DICOM via the serving path, PNG/JPEG via PIL as grayscale."""
-    path = Path(path)
-    if _is_dicom(path):
-        from dicom_io.display import display_image
-        from dicom_io.files import read_dataset
+    """The display image the worker would make (``model.preparation.file_display``); NotAnalysable where the
+    worker would refuse the file."""
+    from model.preparation import file_display
 
-        return display_image(read_dataset(path))
-    from PIL import Image
+    return file_display(path)
 
-    with Image.open(path) as image:
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image, dtype=np.float32)
-            peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-            return np.clip(array / peak, 0.0, 1.0).astype(np.float32)
-        return np.asarray(image.convert("L"), dtype=np.float32) / np.float32(255.0)
+
+def analysable(samples: Sequence[Sample]) -> tuple[list[Sample], dict[str, int]]:
+    """Drop DICOM files the worker would not score (lateral, not chest, no pixels …), counted by reason, so
+    training learns only from what serving would give it. PNG and JPEG are taken as they are."""
+    from model.preparation import NotAnalysable, file_display, is_dicom
+
+    kept: list[Sample] = []
+    dropped: dict[str, int] = defaultdict(int)
+    for sample in samples:
+        if is_dicom(sample.path):
+            try:
+                file_display(sample.path)
+            except NotAnalysable as exc:
+                dropped[exc.reason] += 1
+                continue
+        kept.append(sample)
+    return kept, dict(dropped)
 
 
 def resize_display(display: np.ndarray, size: int) -> np.ndarray:

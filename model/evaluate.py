@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -15,16 +16,19 @@ import numpy as np
 import torch
 
 from model.checkpoint import file_sha256
-from model.data import DEFAULT_NEGATIVE, DEFAULT_POSITIVE, deduplicate, discover, load_display
+from model.data import DEFAULT_IGNORED, DEFAULT_NEGATIVE, DEFAULT_POSITIVE, Sample, deduplicate, discover
 from model.inference import Classifier
-from model.metrics import format_table, metrics_with_intervals, roc_curve
+from model.metrics import format_table, metrics_with_intervals, roc_auc, roc_curve
+from model.preparation import NotAnalysable, file_display
 from model.preprocess import to_model_input
 
 
 def score_files(classifier: Classifier, paths: Sequence[Path], batch_size: int = 16,
-                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[str]]:
-    """Scores for the files (NaN and a reason where a file cannot be read)."""
+                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Scores for the files, through the worker's own path; NaN where there is none, with the worker's reason code
+    (a file it would not analyse, e.g. ``LATERAL_VIEW``) or the error (a file that cannot be read)."""
     scores = np.full(len(paths), np.nan)
+    reasons = [""] * len(paths)
     errors = [""] * len(paths)
     pending: list[tuple[int, torch.Tensor]] = []
 
@@ -37,7 +41,9 @@ def score_files(classifier: Classifier, paths: Sequence[Path], batch_size: int =
 
     for index, path in enumerate(paths):
         try:
-            pending.append((index, to_model_input(load_display(path), classifier.preprocess)))
+            pending.append((index, to_model_input(file_display(path), classifier.preprocess)))
+        except NotAnalysable as exc:
+            reasons[index] = exc.reason
         except Exception as exc:  # an unreadable file is reported, not fatal
             errors[index] = f"{type(exc).__name__}: {exc}"
         if len(pending) >= batch_size:
@@ -45,7 +51,7 @@ def score_files(classifier: Classifier, paths: Sequence[Path], batch_size: int =
         if progress:
             progress(index + 1, len(paths))
     flush()
-    return scores, errors
+    return scores, reasons, errors
 
 
 def _plots(out: Path, scores: np.ndarray, labels: np.ndarray, metrics: dict[str, Any],
@@ -102,22 +108,51 @@ def _plots(out: Path, scores: np.ndarray, labels: np.ndarray, metrics: dict[str,
     return written
 
 
+def discover_sources(data: Path, negative: Sequence[str], positive: Sequence[str], ignored: Sequence[str],
+                     by_folder: bool) -> list[Sample]:
+    """The labelled images; with ``by_folder`` the data is SOURCE/CLASS/ and each sample's site is its source."""
+    if not by_folder:
+        return discover(data, negative, positive, ignored)
+    samples: list[Sample] = []
+    for source in sorted(p for p in Path(data).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        samples += [replace(s, site=source.name) for s in discover(source, negative, positive, ignored)]
+    if not samples:
+        raise FileNotFoundError(f"{data}: no SOURCE/CLASS/ images")
+    return samples
+
+
+def _group_metrics(scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, threshold: float) -> dict[str, Any]:
+    flagged = scores[mask] >= threshold
+    return {"n": int(mask.sum()), "positive": int(labels[mask].sum()), "flagged": int(flagged.sum()),
+            "flagged_fraction": float(flagged.mean()) if mask.any() else None,
+            "auc": roc_auc(scores[mask], labels[mask]) if len(set(labels[mask])) == 2 else None,
+            "sensitivity": float(flagged[labels[mask] == 1].mean()) if (labels[mask] == 1).any() else None,
+            "specificity": float(1 - flagged[labels[mask] == 0].mean()) if (labels[mask] == 0).any() else None,
+            "mean_score": float(scores[mask].mean()) if mask.any() else None}
+
+
 def evaluate(data: Path, checkpoint: Path, out: Path, negative: Sequence[str] = DEFAULT_NEGATIVE,
              positive: Sequence[str] = DEFAULT_POSITIVE, threshold: float | None = None, n_boot: int = 1000,
-             device: str = "", dedup: bool = True, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Score every labelled image under ``data`` and write ``report.json``, ``scores.csv`` and the plots."""
+             device: str = "", dedup: bool = True, seed: int = 0, ignored: Sequence[str] = DEFAULT_IGNORED,
+             by_folder: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score every labelled image under ``data`` and write ``report.json``, ``scores.csv`` and the plots.
+
+    Files the worker would not analyse (DICOM laterals, non-chest images …) are listed with its reason code and
+    left out of the metrics, as the worklist leaves them unscored."""
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    samples = discover_sources(Path(data), negative, positive, ignored, by_folder)
     classifier = Classifier(Path(checkpoint), device)
-    samples = discover(Path(data), negative, positive)
     dedup_stats: dict[str, int] | None = None
     if dedup:
         samples, dedup_stats = deduplicate(samples)
-    scores, errors = score_files(classifier, [s.path for s in samples], progress=progress)
+    scores, reasons, errors = score_files(classifier, [s.path for s in samples], progress=progress)
     labels = np.array([s.label for s in samples], dtype=np.int64)
     ok = ~np.isnan(scores)
+    if not ok.any():
+        raise ValueError(f"{data}: no image could be scored ({sum(bool(r) for r in reasons)} not analysable, "
+                         f"{sum(bool(e) for e in errors)} unreadable)")
     used_threshold = float(classifier.metadata.threshold if threshold is None else threshold)
     metrics = metrics_with_intervals(scores[ok], labels[ok], used_threshold, n_boot=n_boot, seed=seed)
     per_folder = {}
@@ -127,6 +162,9 @@ def evaluate(data: Path, checkpoint: Path, out: Path, negative: Sequence[str] = 
         per_folder[folder] = {"n": int(mask.sum()), "label": int(labels[mask][0]) if mask.any() else None,
                               "flagged": int(flagged.sum()),
                               "flagged_fraction": float(flagged.mean()) if mask.any() else None}
+    per_source = ({source: _group_metrics(scores, labels, np.array([s.site == source for s in samples]) & ok,
+                                          used_threshold)
+                   for source in sorted({s.site for s in samples})} if by_folder else None)
     report: dict[str, Any] = {
         **metrics,
         "threshold": used_threshold,
@@ -140,6 +178,9 @@ def evaluate(data: Path, checkpoint: Path, out: Path, negative: Sequence[str] = 
         "negative_folders": list(negative),
         "positive_folders": list(positive),
         "per_folder": per_folder,
+        "per_source": per_source,
+        "ignored_folders": list(ignored),
+        "not_analysable": [{"path": str(s.path), "reason": r} for s, r in zip(samples, reasons) if r],
         "patients": len({s.patient for s in samples}),
         "deduplication": dedup_stats,
         "unreadable": [{"path": str(s.path), "error": e} for s, e in zip(samples, errors) if e],
@@ -151,11 +192,11 @@ def evaluate(data: Path, checkpoint: Path, out: Path, negative: Sequence[str] = 
     (out / "report.txt").write_text(format_table(report) + "\n")
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "folder", "patient", "label", "score", "flag", "error"])
-        for sample, score, error in zip(samples, scores, errors):
-            writer.writerow([sample.path, sample.folder, sample.patient, sample.label,
+        writer.writerow(["path", "source", "folder", "patient", "label", "score", "flag", "not_analysable", "error"])
+        for sample, score, reason, error in zip(samples, scores, reasons, errors):
+            writer.writerow([sample.path, sample.site, sample.folder, sample.patient, sample.label,
                              "" if math.isnan(score) else f"{score:.6f}",
-                             "" if math.isnan(score) else int(score >= used_threshold), error])
+                             "" if math.isnan(score) else int(score >= used_threshold), reason, error])
     return _clean(report)
 
 

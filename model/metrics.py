@@ -130,3 +130,13 @@ def format_table(metrics: dict[str, Any]) -> str:
             text += f"  (95% CI {_number(ci[0])}–{_number(ci[1])})"
         lines.append(text)
     return "\n".join(lines)
+
+
+def format_sources(per_source: dict[str, dict[str, Any]]) -> str:
+    """One line per source folder: images, positives, AUC, sensitivity, specificity, share flagged, mean score."""
+    lines = [f"{'source':<28}{'n':>6}{'pos':>6}{'AUC':>8}{'sens':>8}{'spec':>8}{'flagged':>9}{'mean':>8}"]
+    for source, entry in per_source.items():
+        lines.append(f"{source:<28}{entry['n']:>6}{entry['positive']:>6}{_number(entry['auc']):>8}"
+                     f"{_number(entry['sensitivity']):>8}{_number(entry['specificity']):>8}"
+                     f"{_number(entry['flagged_fraction']):>9}{_number(entry['mean_score']):>8}")
+    return "\n".join(lines)

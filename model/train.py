@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import CheckpointMetadata, save_checkpoint
-from model.data import (AugmentSpec, Sample, augment_batch, cached_dataset, deduplicate, discover,
+from model.data import (AugmentSpec, Sample, analysable, augment_batch, cached_dataset, deduplicate, discover,
                         displays_from_cache, patient_split, resize_batch, sampling_weights)
 from model.inference import positive_probabilities
 from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
@@ -65,6 +65,7 @@ class TrainConfig:
     epoch_images: int = 0  # images per epoch when sampling (0 = the training set's size)
     allow_bf16: bool = True  # bf16 autocast where the CPU has native bf16 (model.precision)
     augment: bool = True
+    augmentation: AugmentSpec = field(default_factory=AugmentSpec)
     init_weights: Path | None = None
     device: str = ""
     max_minutes: float | None = None
@@ -178,6 +179,9 @@ def prepare_data(config: TrainConfig, logger: EpochLog) -> dict[str, Any]:
     for root in config.data:
         samples += discover(root, config.negative, config.positive)
     samples, dedup = deduplicate(samples)
+    samples, refused = analysable(samples)
+    if refused:
+        logger.text(f"left out {sum(refused.values())} DICOM files the worker would not score: {refused}")
     train, val = patient_split(samples, config.val_fraction, config.seed)
     if not train or not val or len({s.label for s in val}) < 2:
         raise ValueError("the data is too small for a patient-disjoint split with both classes in validation")
@@ -198,7 +202,7 @@ def prepare_data(config: TrainConfig, logger: EpochLog) -> dict[str, Any]:
     summary = {
         "sources": [str(p) for p in config.data],
         "negative_folders": list(config.negative), "positive_folders": list(config.positive),
-        "deduplication": dedup,
+        "deduplication": dedup, "not_analysable_left_out": refused,
         "train_images": len(train), "train_positive": sum(s.label for s in train),
         "val_images": len(val), "val_positive": sum(s.label for s in val),
         "train_patients": len({s.patient for s in train}), "val_patients": len({s.patient for s in val}),
@@ -322,7 +326,7 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
     draw_weights = (torch.from_numpy(sampling_weights(data["train"])) if config.balance == "sites" else
                     torch.tensor(1.0 / counts[train_labels], dtype=torch.float64))
     spec_base = PreprocessSpec(equalize=config.equalize)
-    augment = AugmentSpec()
+    augment = config.augmentation
     precision = autocast_dtype(device, config.allow_bf16)
     selected = selection_mask(data["val"])
 
@@ -495,7 +499,7 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         "lr": f"peak {config.lr}, linear warm-up {config.warmup_epochs} epoch, cosine to 1%",
         "batch_size": config.batch_size,
         "epochs_by_size": {str(k): v for k, v in sizes.items()},
-        "augmentation": asdict(AugmentSpec()) if config.augment else None,
+        "augmentation": asdict(config.augmentation) if config.augment else None,
         "horizontal_flip": False, "init": str(config.init_weights) if config.init_weights else "random",
         "seed": config.seed, "stop_reason": stop_reason, "wall_minutes": round(wall_seconds / 60, 1),
         "device": config.device or ("cuda" if torch.cuda.is_available() else "cpu"),

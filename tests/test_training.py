@@ -87,11 +87,12 @@ def test_real_data_split_has_no_shared_patient_or_image() -> None:
 
 # --- preprocessing twin ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("equalize", [False, True])
 @pytest.mark.parametrize(("shape", "size"), [((224, 224), 224), ((224, 224), 96), ((300, 250), 128), ((64, 80), 96)])
-def test_batched_preprocessing_equals_the_serving_function(shape: tuple[int, int], size: int) -> None:
+def test_batched_preprocessing_equals_the_serving_function(shape: tuple[int, int], size: int, equalize: bool) -> None:
     rng = np.random.default_rng(size)
     displays = [rng.random(shape, dtype=np.float32) for _ in range(3)]
-    spec = PreprocessSpec(size=size)
+    spec = PreprocessSpec(size=size, equalize=equalize)
     batched = batch_to_model_input(torch.from_numpy(np.stack(displays)), spec)
     single = torch.stack([to_model_input(d, spec) for d in displays])
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-6)
@@ -142,7 +143,8 @@ def test_augmentation_is_bounded_seeded_and_identity_at_zero_strength() -> None:
     assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
     torch.testing.assert_close(out, augment_batch(images, AugmentSpec(), g2))
     assert float((out - images).abs().mean()) > 0.01
-    still = AugmentSpec(rotation_deg=0, scale=(1, 1), translate=0, brightness=0, contrast=(1, 1), gamma=(1, 1))
+    still = AugmentSpec(rotation_deg=0, scale=(1, 1), translate=0, brightness=0, contrast=(1, 1), gamma=(1, 1),
+                        blur_probability=0, border_probability=0)
     torch.testing.assert_close(augment_batch(images, still, torch.Generator()), images, atol=1e-5, rtol=0)
 
 
@@ -173,9 +175,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         if k % 4 == 0:  # a second image of some patients: the split must keep them together
             _png(data / "PNEUMONIA" / f"person{k}_virus_{k + 100}.png", _chest(rng, True))
     torch.manual_seed(0)
+    # These 32 px films are bright to their very edge, so blanked borders change them far more than a real film
+    # (whose edges are dark already); the loop is what is tested here, the augmentations in test_shortcut_defences.
     config = TrainConfig(data=[data], out=root / "run", stages=parse_stages("32:6"), batch_size=8, lr=0.01,
                          warmup_epochs=0.5, val_fraction=0.25, patience=6, min_auc=0.9, bootstrap=100,
-                         version="tiny-test", output=root / "tiny.safetensors", threads=1)
+                         version="tiny-test", output=root / "tiny.safetensors", threads=1,
+                         augmentation=AugmentSpec(border_probability=0))
     summary = train(config)
     return {"root": root, "data": data, "config": config, "summary": summary}
 
@@ -261,10 +266,15 @@ def test_cli_train_shows_progress_and_writes_the_checkpoint(tiny_run: dict, tmp_
     result = CliRunner().invoke(app, [
         "train", "--data", str(tiny_run["data"]), "--out", str(run), "--stages", "32:1", "--batch-size", "8",
         "--lr", "0.01", "--val-fraction", "0.25", "--min-auc", "0", "--bootstrap", "20", "--threads", "1",
-        "--version", "cli-test"])
+        "--version", "cli-test", "--balance", "sites", "--equalize", "--epoch-images", "96"])
     assert result.exit_code == 0, result.output
     assert "epoch 1/1 32px" in result.output and "validation AUC" in result.output
     assert "px batch " not in result.output  # per-batch lines go to train.log only while a bar is shown
     assert "32px batch " in (run / "train.log").read_text()
     metadata = read_metadata(run / "model.safetensors")
     assert metadata.version == "cli-test" and metadata.input_size == 32
+    assert metadata.preprocess_spec.equalize is True  # serving will equalise as training did
+    assert metadata.training_data["recipe"]["sampling"] == "sites"
+    assert metadata.training_data["recipe"]["images_per_epoch"] == 96
+    assert metadata.validated_population["populations"] == ["adult"]
+    assert "32px batch 12/12" in (run / "train.log").read_text()  # 96 images drawn in batches of 8

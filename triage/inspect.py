@@ -11,7 +11,7 @@ from PIL import Image
 from dicom_io.display import PixelDataError, describe_window
 from dicom_io.files import read_dataset
 from model.preprocess import PreprocessSpec
-from worker.preparation import prepare
+from model.preparation import prepare
 
 
 @dataclass

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from model.folders import DEFAULT_IGNORED, DEFAULT_POSITIVE
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -44,8 +46,8 @@ def train_command(
                                                    )] = None,
     stages: Annotated[str, typer.Option(help="Progressive resizing, SIZE:EPOCHS,…; the last size is the model's input "
                                              "size (a fraction trains part of an epoch).")] = "128:6,224:2",
-    positive_folder: Annotated[list[str], typer.Option(help="Folders of the positive class (repeat or comma-separate), "
-                                                             "e.g. PNEUMONIA,COVID,OTHER_PNEUMONIA.")] = ["PNEUMONIA"],
+    positive_folder: Annotated[list[str], typer.Option(help="Folders of the positive class (repeat or "
+                                                             "comma-separate).")] = list(DEFAULT_POSITIVE),
     negative_folder: Annotated[list[str], typer.Option(help="Folders of the negative class.")] = ["NORMAL"],
     batch_size: int = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD); 0.01 and above were unstable from "
@@ -123,16 +125,21 @@ def evaluate_command(
     model: Annotated[Optional[Path], typer.Option(help="Checkpoint; default = TRIAGE_MODEL or the shipped model.")
                      ] = None,
     positive_folder: Annotated[list[str], typer.Option(help="Folders of the positive class (repeat or "
-                                                             "comma-separate).")] = ["PNEUMONIA"],
+                                                             "comma-separate).")] = list(DEFAULT_POSITIVE),
     negative_folder: Annotated[list[str], typer.Option(help="Folders of the negative class.")] = ["NORMAL"],
+    ignore_folder: Annotated[list[str], typer.Option(help="Folders left out on purpose (shell patterns); any other "
+                                                           "unmapped folder stops the run.")] = list(DEFAULT_IGNORED),
+    by_folder: Annotated[bool, typer.Option(help="DATA is SOURCE/CLASS/: report metrics per source folder too."
+                                            )] = False,
     threshold: Annotated[Optional[float], typer.Option(help="Override; default = TRIAGE_THRESHOLD or the "
                                                             "checkpoint's.")] = None,
     bootstrap: int = 1000,
     device: str = "",
 ) -> None:
     """Confusion matrix, accuracy, recall, precision, specificity, F1, ROC AUC with 95% bootstrap intervals."""
+    from model.folders import UnmappedFolderError
     from model.evaluate import evaluate
-    from model.metrics import format_table
+    from model.metrics import format_sources, format_table
     from triage.cli import load_settings
 
     checkpoint = model or _default_model()
@@ -144,13 +151,24 @@ def evaluate_command(
         def show(done: int, total: int) -> None:
             progress.update(scoring, completed=done, total=total)
 
-        report = evaluate(data, checkpoint, out, negative=_split_folders(negative_folder),
-                          positive=_split_folders(positive_folder), threshold=threshold, n_boot=bootstrap,
-                          device=device, progress=show)
+        try:
+            report = evaluate(data, checkpoint, out, negative=_split_folders(negative_folder),
+                              positive=_split_folders(positive_folder), threshold=threshold, n_boot=bootstrap,
+                              device=device, ignored=_split_folders(ignore_folder), by_folder=by_folder,
+                              progress=show)
+        except (UnmappedFolderError, FileNotFoundError, ValueError) as exc:
+            progress.stop()
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
     if not report["model_trained"]:
         console.print("[yellow]UNTRAINED MODEL: these numbers are meaningless[/yellow]")
     console.print(f"model {report['model_version']} sha256 {report['model_sha256']}")
     console.print(format_table(report))
+    if report.get("per_source"):
+        console.print(format_sources(report["per_source"]))
+    if report["not_analysable"]:
+        console.print(f"not analysable, left out as the worker would: {len(report['not_analysable'])} "
+                      f"(reasons in report.json)")
     console.print(f"report {Path(out) / 'report.json'}")
 
 

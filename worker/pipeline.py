@@ -17,7 +17,7 @@ from dicom_io.display import PixelDataError
 from model.checkpoint import CheckpointMetadata, default_checkpoint
 from model.inference import Classifier
 from worker.config import WorkerConfig
-from worker.preparation import prepare
+from model.preparation import prepare
 from worker.previews import PreviewWriter, write_previews
 
 log = logging.getLogger(__name__)
