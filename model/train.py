@@ -245,6 +245,25 @@ def population_metrics(scores: np.ndarray, samples: Sequence[Sample]) -> dict[st
                 entry[name] = {"n": int(len(picked)), "mean": float(picked.mean()),
                                "quartiles": [float(q) for q in np.percentile(picked, [25, 50, 75])]}
         result["sites"][site] = entry
+    result["same_class_site_auc"] = same_class_site_auc(scores, samples)
+    return result
+
+
+def same_class_site_auc(scores: np.ndarray, samples: Sequence[Sample], min_images: int = 10) -> dict[str, float]:
+    """For each class and each pair of sites with at least ``min_images`` of it: the AUC with which the score
+    tells the two sites apart. Near 0.5 is what a model that reads lungs gives; far from it (either way), the
+    model is partly reading the hospital."""
+    result: dict[str, float] = {}
+    for label, name in ((0, "negative"), (1, "positive")):
+        groups = {site: scores[[i for i, s in enumerate(samples) if s.site == site and s.label == label]]
+                  for site in sorted({s.site for s in samples})}
+        groups = {site: values for site, values in groups.items() if len(values) >= min_images}
+        names = sorted(groups)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                both = np.concatenate([groups[first], groups[second]])
+                which = np.r_[np.ones(len(groups[first])), np.zeros(len(groups[second]))].astype(np.int64)
+                result[f"{name}: {first} vs {second}"] = roc_auc(both, which)
     return result
 
 
@@ -485,7 +504,8 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         if len(set(val_labels[chosen])) == 2:
             metrics["populations"][population] = metrics_with_intervals(
                 scores[chosen], val_labels[chosen], threshold, n_boot=config.bootstrap, seed=config.seed)
-    metrics["shortcut_check"] = population_metrics(scores, data["val"])["sites"]
+    checks = population_metrics(scores, data["val"])
+    metrics["shortcut_check"] = {"sites": checks["sites"], "same_class_site_auc": checks["same_class_site_auc"]}
     summary["validation_metrics"] = metrics
     logger.text(f"best epoch {best['epoch']} ({best['size']}px): AUC {metrics['auc']:.4f} "
                 f"{metrics['auc_ci95']}, threshold {threshold:.4f} sensitivity {metrics['sensitivity']:.4f} "

@@ -94,13 +94,15 @@ def test_edge_and_sharpness_augmentation_changes_edges_and_detail() -> None:
     assert detail(softened) < 0.5 * detail(images)
 
 
-def test_cpu_precision_follows_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    from model import precision
+def test_same_class_site_auc_exposes_a_model_that_reads_the_hospital() -> None:
+    from model.train import same_class_site_auc
 
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert precision.autocast_dtype(cpu) is None
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert precision.autocast_dtype(cpu) is torch.bfloat16
-    assert precision.autocast_dtype(cpu, allow_bf16=False) is None
-    assert precision.autocast_dtype(torch.device("cuda")) is torch.float16
+    samples = ([_sample("nih", 0, i) for i in range(20)] + [_sample("kermany", 0, i, "pediatric") for i in range(20)]
+               + [_sample("bimcv", 1, i) for i in range(20)] + [_sample("tiny", 1, i) for i in range(5)])
+    rng = np.random.default_rng(0)
+    lungs = rng.random(len(samples))  # scores unrelated to the site
+    hospital = np.array([0.9 if s.site == "kermany" else 0.1 for s in samples]) + 0.01 * rng.random(len(samples))
+    fair, unfair = same_class_site_auc(lungs, samples), same_class_site_auc(hospital, samples)
+    assert set(fair) == {"negative: kermany vs nih"}  # one class with two sites of >= 10 images
+    assert abs(fair["negative: kermany vs nih"] - 0.5) < 0.25
+    assert unfair["negative: kermany vs nih"] == 1.0

@@ -191,7 +191,15 @@ def model_info(
     except CheckpointError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    info = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size, **asdict(metadata)}
+    from model.inference import pick_device
+    from model.precision import autocast_dtype, cpu_has_native_bf16, precision_name
+
+    device = pick_device()
+    serving = f"{precision_name(autocast_dtype(device))} on {device.type}"
+    if device.type == "cpu":
+        serving += " (native bf16)" if cpu_has_native_bf16() else " (no native bf16 on this CPU)"
+    info = {"path": str(path), "sha256": file_sha256(path), "bytes": path.stat().st_size,
+            "serving_precision": serving, **asdict(metadata)}
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return
@@ -200,6 +208,11 @@ def model_info(
     console.print(f"version    {metadata.version}  (trained: {metadata.trained})")
     console.print(f"classes    {list(metadata.class_names)} positive={metadata.positive_class}  "
                   f"input {metadata.input_size}px  threshold {metadata.threshold:.4f}")
+    console.print(f"serving    {serving}")
+    if metadata.validated_population:
+        population = metadata.validated_population
+        console.print(f"validated  {', '.join(population.get('populations', []))}; "
+                      f"views {', '.join(population.get('views', []))}; ages {population.get('age_years')}")
     if metrics:
         for name in ("auc", "sensitivity", "specificity", "precision", "f1", "accuracy"):
             if name in metrics and metrics[name] is not None:
