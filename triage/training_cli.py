@@ -172,6 +172,40 @@ def evaluate_command(
     console.print(f"report {Path(out) / 'report.json'}")
 
 
+def validation_report_command(
+    run: Annotated[Path, typer.Option(help="A training run folder (its config.json and split.json).")],
+    model: Annotated[Optional[Path], typer.Option(help="Checkpoint; default = TRIAGE_MODEL or the shipped model.")
+                     ] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Override the checkpoint's threshold.")] = None,
+    bootstrap: int = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score a training run's validation split with any checkpoint: per population, per site, shortcut checks."""
+    from model.metrics import format_table
+    from model.validation_report import validation_report
+
+    try:
+        report = validation_report(run, model or _default_model(), threshold, bootstrap)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return
+    console.print(f"model {report['model']} sha256 {report['sha256']} on the validation split of {run}")
+    for population, metrics in report["populations"].items():
+        console.print(f"\n[bold]{population}[/bold]\n{format_table(metrics)}")
+    console.print("\n[bold]per site[/bold] (AUC, mean score of negatives / positives)")
+    for site, entry in report["sites"].items():
+        auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.4f}"
+        means = " / ".join(f"{entry[k]['mean']:.3f} (n={entry[k]['n']})" if k in entry else "-"
+                           for k in ("negative", "positive"))
+        console.print(f"  {site:<24} AUC {auc:<7} {means}")
+    console.print("\n[bold]same-class site AUC[/bold] (0.5 = the score does not know the hospital)")
+    for pair, auc in report["same_class_site_auc"].items():
+        console.print(f"  {pair:<48} {auc:.3f}")
+
+
 model_app = typer.Typer(help="Inspect model checkpoints.", no_args_is_help=True)
 
 
@@ -226,4 +260,5 @@ def register(app: typer.Typer) -> None:
     """Add ``train``, ``evaluate`` and the ``model`` group to the cxr-triage app."""
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)
+    app.command("validation-report")(validation_report_command)
     app.add_typer(model_app, name="model")

@@ -1,0 +1,57 @@
+"""Score a training run's own validation split with any checkpoint, so two models are compared on exactly the same
+patient-disjoint images: AUC per population and site, the operating point, and the same-class site AUCs that show
+shortcut learning. Used to decide whether a new model replaces the shipped one (``cxr-triage validation-report``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.checkpoint import load_checkpoint
+from model.data import Sample, cached_dataset, deduplicate, discover
+from model.inference import pick_device
+from model.metrics import metrics_with_intervals
+from model.precision import autocast_dtype
+from model.train import population_metrics, predict_cache
+
+
+def validation_samples(run: Path) -> list[Sample]:
+    """The run's validation images in its split order, with their sites and populations."""
+    config = json.loads((run / "config.json").read_text())
+    wanted = json.loads((run / "split.json").read_text())["val"]
+    found: dict[str, Sample] = {}
+    for root in config["data"]:
+        for sample in discover(Path(root), config["negative"], config["positive"]):
+            found[str(sample.path)] = sample
+    missing = [path for path in wanted if path not in found]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} validation images of {run} are gone, e.g. {missing[0]}")
+    return [found[path] for path in wanted]
+
+
+def validation_report(run: Path, checkpoint: Path, threshold: float | None = None, n_boot: int = 1000
+                      ) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on the validation split of the training run in ``run``."""
+    samples = validation_samples(run)
+    deduplicated, _ = deduplicate(samples)
+    if len(deduplicated) != len(samples):
+        raise ValueError(f"{run}: the validation split holds byte-identical copies")
+    loaded = load_checkpoint(checkpoint)
+    spec = loaded.metadata.preprocess_spec
+    device = pick_device()
+    cache = cached_dataset(samples, run / "cache" / "val", size=224)
+    scores = predict_cache(loaded.network.to(device), cache, spec.size, spec, device,
+                           precision=autocast_dtype(device))
+    labels = np.array([s.label for s in samples])
+    used = loaded.metadata.threshold if threshold is None else threshold
+    checks = population_metrics(scores, samples)
+    populations = {}
+    for population in sorted({s.population for s in samples}):
+        chosen = np.array([s.population == population for s in samples])
+        populations[population] = metrics_with_intervals(scores[chosen], labels[chosen], used, n_boot=n_boot)
+    return {"model": loaded.metadata.version, "sha256": loaded.sha256, "threshold": used, "run": str(run),
+            "populations": populations, "sites": checks["sites"],
+            "same_class_site_auc": checks["same_class_site_auc"]}
