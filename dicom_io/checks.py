@@ -19,6 +19,7 @@ MULTIFRAME = "MULTIFRAME"
 NO_PIXEL_DATA = "NO_PIXEL_DATA"
 UNREADABLE_PIXEL_DATA = "UNREADABLE_PIXEL_DATA"
 UNSUPPORTED_SOP_CLASS = "UNSUPPORTED_SOP_CLASS"
+BLANK_IMAGE = "BLANK_IMAGE"
 
 REASON_TEXT = {
     LATERAL_VIEW: "lateral view",
@@ -27,6 +28,7 @@ REASON_TEXT = {
     NO_PIXEL_DATA: "no pixel data",
     UNREADABLE_PIXEL_DATA: "unreadable pixel data",
     UNSUPPORTED_SOP_CLASS: "not a radiograph",
+    BLANK_IMAGE: "blank or constant image",
 }
 
 

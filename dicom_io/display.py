@@ -16,11 +16,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from dicom_io.checks import BLANK_IMAGE
 from dicom_io.polarity import looks_inverted
 
 log = logging.getLogger(__name__)
 
 ROBUST_WINDOW_PERCENTILES = (1.0, 99.0)
+BLANK_SPREAD = 0.01  # display images whose standard deviation is below this share of the range are blank
 _PROBE = np.array([-1e12, 1e12], dtype=np.float64)
 
 
@@ -165,8 +167,13 @@ def render(ds: Dataset, *, check_polarity: bool = True) -> Rendering:
             low, high = _robust_window(np.asarray(values), padding)
     except Exception as exc:
         raise PixelDataError("UNREADABLE_PIXEL_DATA", f"LUT/window failed: {type(exc).__name__}: {exc}") from exc
+    values = np.asarray(values, dtype=np.float64)
+    if not (math.isfinite(low) and math.isfinite(high)) or not np.isfinite(values).all():
+        raise PixelDataError(BLANK_IMAGE, "non-finite values after the rescale or window (header values such as "
+                                          "WindowCenter, WindowWidth, RescaleSlope out of range)")
     span = high - low if high > low else 1.0
-    image = np.clip((np.asarray(values, dtype=np.float32) - np.float32(low)) / np.float32(span), 0.0, 1.0)
+    image = np.clip((values.astype(np.float32) - np.float32(low)) / np.float32(span), 0.0, 1.0)
+    _refuse_blank(image, padding)
     inverted = is_inverted(ds)
     if inverted:
         image = 1.0 - image
@@ -179,6 +186,16 @@ def render(ds: Dataset, *, check_polarity: bool = True) -> Rendering:
         image[padding] = 0.0
     return Rendering(image.astype(np.float32, copy=False), describe_window(ds) if grayscale else "robust window",
                      inverted, corrected)
+
+
+def _refuse_blank(image: np.ndarray, padding: np.ndarray | None) -> None:
+    """A constant or nearly constant display (a broken window, an empty exposure) carries nothing to score; a
+    network would still give it a confident number, so it must end with a reason code instead."""
+    inside = image[~padding] if padding is not None else image.ravel()
+    spread = float(inside.std()) if inside.size else 0.0
+    if spread < BLANK_SPREAD:
+        raise PixelDataError(BLANK_IMAGE, f"the display image is constant or nearly so (standard deviation "
+                                          f"{spread:.4f} of the display range)")
 
 
 def display_image(ds: Dataset) -> np.ndarray:

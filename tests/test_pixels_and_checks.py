@@ -92,3 +92,21 @@ def test_file_without_meta_is_read_with_its_transfer_syntax() -> None:
     ds = read_dataset(path)
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     assert display_image(ds).shape == (440, 440)
+
+
+@pytest.mark.parametrize("changes", [
+    {"WindowCenter": "1e400"},  # parses as infinity: the whole display collapses
+    {"RescaleSlope": 0.0, "RescaleIntercept": 0.0},  # every value equal after the modality LUT
+    {"pixels": 1000},  # an exposure with nothing in it
+])
+def test_a_blank_display_ends_with_a_reason_not_a_score(changes: dict[str, object]) -> None:
+    ds = chest_dataset(rows=64, columns=48)
+    for keyword, value in changes.items():
+        if keyword == "pixels":
+            ds.PixelData = np.full((64, 48), value, dtype=np.uint16).tobytes()
+        else:
+            setattr(ds, keyword, value)
+    with pytest.raises(PixelDataError) as raised:
+        display_image(ds)
+    assert raised.value.reason == "BLANK_IMAGE"
+    display_image(chest_dataset(rows=64, columns=48))  # the same film with sane values is an image

@@ -17,6 +17,7 @@ REASON_TEXT = {
     "NO_PIXEL_DATA": "no pixel data",
     "UNREADABLE_PIXEL_DATA": "unreadable pixel data",
     "UNSUPPORTED_SOP_CLASS": "not a radiograph",
+    "BLANK_IMAGE": "blank or constant image",
     "SPOOL_FILE_MISSING": "file missing from the spool",
     "UNREADABLE_DICOM": "unreadable DICOM file",
     "TOO_MANY_ATTEMPTS": "gave up after repeated attempts",
