@@ -117,6 +117,7 @@ def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
         calling_ae=record.calling_ae,
         received_at=utcnow(),
         status=InstanceStatus.RECEIVED,
+        attempts=0,  # a new copy is new work: the poison-message count starts again (a resend never demotes)
         reason=None,
         detail=None,
         assumptions=None,
@@ -130,7 +131,7 @@ def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
         # New pixels in a study someone had read: it is unread again (it may even be flagged now).
         study.read_at, study.read_by = None, None
     if instance is None:
-        instance = Instance(sop_instance_uid=record.sop_instance_uid, receive_count=1, attempts=0, **fields)
+        instance = Instance(sop_instance_uid=record.sop_instance_uid, receive_count=1, **fields)
         session.add(instance)
     else:
         previous_study_id = instance.study_id

@@ -134,10 +134,11 @@ def test_instance_without_pixels_is_kept_and_shown_as_not_analysed(stack: Stack,
     assert listed and listed[0]["reason"] == "NO_PIXEL_DATA"
 
 
-def test_same_instance_twice_leaves_one_row_and_one_result(stack: Stack, tmp_path: Path) -> None:
+def test_same_instance_six_times_leaves_one_row_one_result_and_its_flag(stack: Stack, tmp_path: Path) -> None:
     ds = chest_dataset(patient_index=74)
     path = _save(ds, tmp_path / "twice.dcm")
-    for expected_receives in (1, 2):
+    flags = []
+    for expected_receives in range(1, 7):  # past the worker's attempt limit: a resend must never demote
         results = send_files([path], host="127.0.0.1", port=stack.dicom_port, called_aet=stack.ae_title,
                              calling_aet="CXR_SENDER")
         assert results[0].ok
@@ -148,6 +149,8 @@ def test_same_instance_twice_leaves_one_row_and_one_result(stack: Stack, tmp_pat
                         and study["instances"][0]["receive_count"] == expected_receives)
 
         wait_until(processed, 120, f"receive {expected_receives} to be processed")
+        flags.append(stack.study(str(ds.StudyInstanceUID))["flag"])
+    assert len(set(flags)) == 1, flags
     instances = stack.sql("SELECT id FROM instances WHERE sop_instance_uid = :uid", uid=str(ds.SOPInstanceUID))
     assert len(instances) == 1
     results = stack.sql("SELECT score FROM results WHERE instance_id = :id", id=instances[0][0])

@@ -61,6 +61,20 @@ def test_resend_replaces_the_instance_and_makes_older_work_stale(sessions: sessi
     assert len(results) == 1 and results[0].score == pytest.approx(0.4)
 
 
+def test_a_resent_instance_starts_its_attempts_afresh_and_keeps_its_flag(sessions: sessionmaker[Session]) -> None:
+    for copy in range(1, 7):  # the 4th copy used to exceed the attempt limit and demote the study
+        item = receive(sessions, "3.9", "7.9")
+        assert item.receive_count == copy
+        with sessions.begin() as session:
+            work = queries.claim(session, item.instance_id, item.receive_count)
+        assert work is not None and work.attempts == 1
+        with sessions.begin() as session:
+            assert queries.finish(session, work, queries.Outcome(InstanceStatus.DONE, score=0.9, **MODEL))
+        with sessions() as session:
+            detail = queries.study_detail(session, "7.9")
+        assert detail is not None and detail["flag"] and detail["status"] == "DONE" and len(detail["instances"]) == 1
+
+
 def test_finished_instance_is_not_claimed_again(sessions: sessionmaker[Session]) -> None:
     item = receive(sessions, "4.1", "6.1")
     process(sessions, item, 0.5)
