@@ -16,6 +16,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from db import queries
@@ -212,18 +213,19 @@ def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezo
         status = status_text(e.state, e.reason)
         if reason_text(e.reason):
             status += f" ({reason_text(e.reason)})"
+        # Every value that came from a file or a user is escaped: header text such as "[/]" is not rich markup.
         table.add_row(
             "[bold white on red]FLAGGED[/]" if e.flag else ("not flagged" if e.score is not None else "—"),
             score(e.score),
-            status,
-            f"{e.patient_name} ({e.patient_id})",
-            e.accession_number,
-            e.study_description,
+            escape(status),
+            escape(f"{e.patient_name} ({e.patient_id})"),
+            escape(e.accession_number or ""),
+            escape(e.study_description or ""),
             str(e.images),
             local_time(e.received_at, ZoneInfo(timezone)),
             duration(e.time_to_flag_s),
-            (e.model_version or "") + (" (untrained)" if e.model_trained is False else ""),
-            f"read by {e.read_by}" if e.read else "unread",
+            escape((e.model_version or "") + (" (untrained)" if e.model_trained is False else "")),
+            escape(f"read by {e.read_by}") if e.read else "unread",
         )
     console.print(table)
 
@@ -247,14 +249,14 @@ def inspect(
             print(json.dumps(result.to_dict()))
             continue
         decision = "analysable" if result.analysable else f"not analysed: {result.reason}"
-        console.print(f"[bold]{path}[/]: {decision}")
-        console.print(f"  {result.transfer_syntax}; {result.photometric}; bits {result.bits_stored}/"
-                      f"{result.bits_allocated}, {'signed' if result.pixel_representation else 'unsigned'}; "
-                      f"{result.rows}×{result.columns}; window: {result.window}")
+        console.print(f"[bold]{escape(str(path))}[/]: {escape(decision)}")
+        console.print(escape(f"  {result.transfer_syntax}; {result.photometric}; bits {result.bits_stored}/"
+                             f"{result.bits_allocated}, {'signed' if result.pixel_representation else 'unsigned'}; "
+                             f"{result.rows}×{result.columns}; window: {result.window}"))
         for line in ([result.detail] if result.detail else []) + result.notes:
-            console.print(f"  note: {line}")
+            console.print(f"  note: {escape(line)}")
         if result.input_png:
-            console.print(f"  wrote {result.display_png} and {result.input_png}")
+            console.print(escape(f"  wrote {result.display_png} and {result.input_png}"))
 
 
 @app.command()

@@ -1,0 +1,31 @@
+"""Header text printed by the CLI is text, never rich markup: a PatientName such as ``[/]X`` must not crash the
+worklist, and ``[link=…]`` must not become a link."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from rich.console import Console
+
+from db.queries import WorklistEntry
+
+
+def _entry(name: str) -> WorklistEntry:
+    return WorklistEntry(
+        study_uid="1.2.3", patient_name=name, patient_id="[bold]ID[/bold]", accession_number="[/]A1",
+        study_date=None, study_description="[link=https://attacker.example]XR CHEST[/link]", status="DONE",
+        flag=True, score=0.9, threshold=0.5, reason=None, model_version="m[/]1", model_sha256="a" * 64,
+        model_trained=True, received_at=datetime(2026, 11, 30, 8, tzinfo=timezone.utc), flagged_at=None, images=1,
+        state="done", failed_images=0, time_to_flag_s=None, read_at=None, read_by=None)
+
+
+def test_worklist_table_prints_markup_in_header_text_literally(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from triage import cli
+
+    recorder = Console(record=True, width=400, force_terminal=True)
+    monkeypatch.setattr(cli, "console", recorder)
+    cli.print_worklist([_entry("[/]X^EVIL"), _entry("[link=https://attacker.example]SMITH[/link]")], False)
+    text = recorder.export_text()
+    assert "[/]X^EVIL" in text and "[bold]ID[/bold]" in text and "[/]A1" in text and "m[/]1" in text
+    assert "[link=" in text and "SMITH[/link]" in text.replace("\n", "").replace(" ", "")
+    assert "href=" not in recorder.export_html()  # no value became a link
