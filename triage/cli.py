@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from db import queries
-from triage.runtime import configure_logging, listener_config, settings_env, worker_config
+from triage.runtime import DropQueryStrings, configure_logging, listener_config, settings_env, worker_config
 from triage.settings import Settings
 
 app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (triage support, not a diagnosis).",
@@ -80,6 +81,7 @@ def web_server(settings: Settings) -> uvicorn.Server:
                       api_tokens=settings.api_tokens, timezone=settings.timezone)
     config = uvicorn.Config(app_, host=settings.web_host,
                             port=settings.web_port, log_level=settings.log_level.lower())
+    logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers
     return uvicorn.Server(config)
 
 

@@ -55,6 +55,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+class DropQueryStrings(logging.Filter):
+    """uvicorn's access log line carries the full path with its query string, and a worklist search term is often a
+    patient's name or ID: keep the path, drop the query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).split("?", 1)[0], version, status)
+        return True
+
+
 def configure_logging(level: str) -> None:
+    """Process-wide logging. Header values are not validated while pydicom reads them: its validation warnings
+    quote the raw bytes of the offending element, which can be a name, an ID or a birth date."""
+    from pydicom import config as pydicom_config
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())
