@@ -203,11 +203,18 @@ def test_pages_say_triage_support_and_lock_themselves_down(client: TestClient) -
 
 
 def test_without_a_token_everyone_is_the_loopback_demo(tmp_path: Path) -> None:
-    client = TestClient(create_app(f"sqlite:///{tmp_path / 'demo.sqlite3'}"))
+    client = TestClient(create_app(f"sqlite:///{tmp_path / 'demo.sqlite3'}"), base_url="http://127.0.0.1:8000")
     add_study(client, "3.1", "3.1.1")
     assert client.get("/api/studies/3.1").status_code == 200
     assert client.get("/login", follow_redirects=False).status_code == 303
     assert audit_rows(client) == [("loopback-demo", "api", "3.1")]
+    for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+        assert client.get("/api/studies/3.1", headers={"Host": host}).status_code == 200, host
+    for host in ("attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example", "10.0.0.5:8000"):
+        rebound = client.get("/api/studies/3.1", headers={"Host": host})  # DNS rebinding: refused
+        assert rebound.status_code == 421, host
+        assert rebound.headers["content-type"] == "application/problem+json"
+    assert audit_rows(client) == [("loopback-demo", "api", "3.1")] * 4  # the refused requests saw nothing
 
 
 def test_a_crash_is_a_500_problem_without_details_and_health_says_503(client: TestClient, tmp_path: Path) -> None:

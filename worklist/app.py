@@ -34,6 +34,19 @@ PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
 __all__ = ["create_app", "TRIAGE_NOTICE", "UNTRAINED_NOTICE"]
 
 
+LOOPBACK_HOST_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def is_loopback_host(host_header: str) -> bool:
+    """``localhost:8000``, ``127.0.0.1``, ``[::1]:8000`` → True; any other name or address → False."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host in LOOPBACK_HOST_NAMES
+
+
 def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", poll_interval_s: float = 2.0,
                model_card: Path | None = None, timezone: str = "UTC") -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
@@ -62,6 +75,16 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
     registry = metrics.make_registry(sessions)
     problems.install(app)
+
+    @app.middleware("http")
+    async def loopback_host_only(request: Request, call_next: Any) -> Response:
+        """Without a token the server is a loopback demo; a page on another site can still reach it by pointing its
+        own name at 127.0.0.1 (DNS rebinding), so the Host header must name loopback too."""
+        if not app.state.tokens.enabled and not is_loopback_host(request.headers.get("host", "")):
+            return problems.problem_response(
+                request, 421, "without an API token this server answers only to a loopback host name "
+                              "(localhost, 127.0.0.1, [::1])")
+        return await call_next(request)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
