@@ -22,7 +22,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_io.header import InstanceHeader, MissingIdentifier, read_header
+from dicom_io.header import InstanceHeader, InvalidIdentifier, MissingIdentifier, read_header
 from dicom_io.sop_classes import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_PARSE = 0xC210  # "cannot understand": the dataset is not readable DICOM
 STATUS_MISSING_IDENTIFIER = 0xC211  # "cannot understand": no study/instance UID to file it under
+STATUS_INVALID_IDENTIFIER = 0xC212  # "cannot understand": a UID no system may store (over 64 characters)
 
 
 class OutOfResources(Exception):
@@ -69,14 +70,14 @@ class Receiver(Protocol):
 
 
 def parse_received(data: bytes) -> InstanceHeader:
-    """Parse the header of an encoded file; raise InvalidDicomError or MissingIdentifier."""
+    """Parse the header of an encoded file; raise InvalidDicomError, MissingIdentifier or InvalidIdentifier."""
     try:
         ds = dcmread(BytesIO(data), stop_before_pixels=True, force=True)
         # Touch every element so a corrupt header fails here, not later in the worker.
         for _ in ds.iterall():
             pass
         return read_header(ds)
-    except MissingIdentifier:
+    except (MissingIdentifier, InvalidIdentifier):
         raise
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise InvalidDicomError(f"{type(exc).__name__}: {exc}") from exc
@@ -97,6 +98,8 @@ class StoreHandler:
             header = parse_received(data)
         except MissingIdentifier as exc:
             return self._reject(data, calling_ae, peer, STATUS_MISSING_IDENTIFIER, str(exc), sop_uid)
+        except InvalidIdentifier as exc:
+            return self._reject(data, calling_ae, peer, STATUS_INVALID_IDENTIFIER, str(exc), sop_uid[:64])
         except InvalidDicomError as exc:
             return self._reject(data, calling_ae, peer, STATUS_CANNOT_PARSE, f"unparseable dataset: {exc}", sop_uid)
         try:

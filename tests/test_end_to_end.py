@@ -122,6 +122,37 @@ def test_unparseable_dataset_gets_a_failure_status_and_a_record(stack: Stack, tm
     assert "refused (0x%04X)" % status.Status in stack.logs("listener")
 
 
+def test_header_values_past_their_limits_are_stored_or_refused_for_good(stack: Stack, tmp_path: Path) -> None:
+    """Never 0xA700 ("retry") for data no retry can store: kept verbatim, or refused with 0xC212 and a record."""
+    from pynetdicom import AE
+
+    odd = chest_dataset(patient_index=76, rows=64, columns=56)
+    odd.PatientID = "P" * 100
+    odd.PatientName = "ODD\x00^PATIENT"
+    odd.AccessionNumber = "A" * 80
+    odd.Modality = "CR" * 10
+    odd.ViewPosition = "PA" + " " * 2 + "X" * 14
+    overlong = chest_dataset(patient_index=77, rows=64, columns=56)
+    overlong.StudyInstanceUID = "1.2." + "7" * 70  # (pynetdicom refuses to send an overlong SOP Instance UID)
+    ae = AE(ae_title="CXR_SENDER")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", stack.dicom_port, ae_title=stack.ae_title)
+    assert assoc.is_established
+    try:
+        stored = assoc.send_c_store(odd)
+        refused = assoc.send_c_store(overlong)
+    finally:
+        assoc.release()
+    assert stored.Status == 0x0000, hex(stored.Status)
+    assert refused.Status == 0xC212, hex(refused.Status)
+    study = stack.wait_for_study(str(odd.StudyInstanceUID))
+    assert study["patient_id"] == "P" * 100 and study["accession_number"] == "A" * 80
+    assert study["patient_name"] == "ODD^PATIENT"
+    rows = wait_until(lambda: stack.sql("SELECT status, payload_path FROM rejections WHERE status = :s", s=0xC212),
+                      10, "a rejection record")
+    assert Path(rows[0][1]).is_file()
+
+
 def test_instance_without_pixels_is_kept_and_shown_as_not_analysed(stack: Stack, tmp_path: Path) -> None:
     ds = chest_dataset(patient_index=73, with_pixels=False)
     results = send_files([_save(ds, tmp_path / "nopix.dcm")], host="127.0.0.1", port=stack.dicom_port,

@@ -75,6 +75,18 @@ def test_a_resent_instance_starts_its_attempts_afresh_and_keeps_its_flag(session
         assert detail is not None and detail["flag"] and detail["status"] == "DONE" and len(detail["instances"]) == 1
 
 
+def test_header_text_past_the_vr_limits_is_kept_verbatim(sessions: sessionmaker[Session]) -> None:
+    long_id, long_accession = "P" * 100, "A" * 80
+    receive(sessions, "3.8", "7.8", patient_id=long_id, accession_number=long_accession, modality="CR" * 10,
+            view_position="POSTERO_ANTERIOR_VIEW", body_part="C" * 90, patient_name="N^" * 200,
+            study_description="D" * 400)
+    with sessions() as session:
+        detail = queries.study_detail(session, "7.8")
+    assert detail is not None
+    assert detail["patient_id"] == long_id and detail["accession_number"] == long_accession
+    assert detail["instances"][0]["modality"] == "CR" * 10
+
+
 def test_finished_instance_is_not_claimed_again(sessions: sessionmaker[Session]) -> None:
     item = receive(sessions, "4.1", "6.1")
     process(sessions, item, 0.5)

@@ -65,3 +65,25 @@ def test_listener_answers_out_of_resources_when_commit_fails(tmp_path: Path) -> 
     assert result.status == STATUS_OUT_OF_RESOURCES
     assert len(receiver.attempts) == 1
     assert receiver.attempts[0].data[128:132] == b"DICM"  # the encoded file exactly as a spool would take it
+
+
+def test_header_drops_nul_characters_and_refuses_overlong_uids() -> None:
+    from io import BytesIO
+
+    from dicom_io.header import InvalidIdentifier
+    from dicom_io.listener import parse_received
+    from dicom_io.synthetic import chest_dataset
+
+    def encoded(ds) -> bytes:  # type: ignore[no-untyped-def]
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    ds = chest_dataset(rows=16, columns=16)
+    ds.PatientName = "DOE\x00^JANE\x00"
+    assert parse_received(encoded(ds)).patient_name == "DOE^JANE"
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        ds = chest_dataset(rows=16, columns=16)
+        setattr(ds, keyword, "1.2." + "3" * 70)
+        with pytest.raises(InvalidIdentifier, match=keyword):
+            parse_received(encoded(ds))
