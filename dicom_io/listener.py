@@ -11,9 +11,11 @@ import ipaddress
 import logging
 import socket
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -83,13 +85,84 @@ def parse_received(data: bytes) -> InstanceHeader:
         raise InvalidDicomError(f"{type(exc).__name__}: {exc}") from exc
 
 
+class StallWatchdog:
+    """Aborts associations that have not completed a PDU for ``timeout_s``. pynetdicom reads a PDU in a blocking
+    loop, so a sender dribbling one byte every few seconds would otherwise hold its association (and, with enough
+    of them, every association slot) indefinitely; its own network timeout only runs between PDUs."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._last_pdu: dict[object, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dicom-stall-watchdog", daemon=True)
+
+    @property
+    def handlers(self) -> list[tuple[evt.NotificationEvent, object]]:
+        return [(evt.EVT_CONN_OPEN, self._seen), (evt.EVT_PDU_RECV, self._seen), (evt.EVT_CONN_CLOSE, self._gone)]
+
+    def _seen(self, event: Event) -> None:
+        with self._lock:
+            self._last_pdu[event.assoc] = time.monotonic()
+
+    def _gone(self, event: Event) -> None:
+        with self._lock:
+            self._last_pdu.pop(event.assoc, None)
+
+    @contextmanager
+    def our_turn(self, assoc: object) -> Iterator[None]:
+        """While we work on a request (a slow commit) the peer is waiting for us, not stalling: do not count it."""
+        with self._lock:
+            tracked = self._last_pdu.pop(assoc, None) is not None
+        try:
+            yield
+        finally:
+            if tracked:
+                with self._lock:
+                    self._last_pdu[assoc] = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout_s / 4)):
+            now = time.monotonic()
+            with self._lock:
+                stalled = [assoc for assoc, seen in self._last_pdu.items() if now - seen > self.timeout_s]
+                for assoc in stalled:
+                    self._last_pdu.pop(assoc, None)
+            for assoc in stalled:
+                requestor = getattr(assoc, "requestor", None)
+                log.warning("aborting the association from %s: no complete PDU for %.0f s",
+                            getattr(requestor, "address", "?"), self.timeout_s)
+                # The reader thread is blocked in recv(): only a shutdown of the raw socket wakes it (close() alone
+                # leaves the descriptor in use); the broken read then ends the association the normal way.
+                raw = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+                try:
+                    if raw is not None:
+                        raw.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already gone
+                    log.debug("shutdown of a stalled association's socket failed", exc_info=True)
+                assoc.kill()  # stops its state machine; a thread still negotiating ends at the ACSE timeout
+
+
 class StoreHandler:
     """Binds the pynetdicom events to a Receiver."""
 
-    def __init__(self, receiver: Receiver) -> None:
+    def __init__(self, receiver: Receiver, watchdog: StallWatchdog | None = None) -> None:
         self.receiver = receiver
+        self.watchdog = watchdog
 
     def __call__(self, event: Event) -> int:
+        if self.watchdog is None:
+            return self._store(event)
+        with self.watchdog.our_turn(event.assoc):
+            return self._store(event)
+
+    def _store(self, event: Event) -> int:
         calling_ae = event.assoc.requestor.ae_title
         peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
         data = event.encoded_dataset()
@@ -146,6 +219,12 @@ class ListenerConfig:
     port: int
     allowed_calling_aets: list[str]
     accept_secondary_capture: bool = True
+    max_associations: int = 25  # concurrent; pynetdicom's silent default is 10 (IHE/MIG deployments expect ~25)
+    max_pdu_size: int = 0  # bytes we accept per PDU; 0 = no limit (fewer, larger PDUs for 10 MB radiographs)
+    acse_timeout_s: float = 30.0  # association negotiation
+    dimse_timeout_s: float = 30.0  # waiting for a DIMSE message
+    network_timeout_s: float = 60.0  # an idle association is released after this
+    data_stall_timeout_s: float = 60.0  # no complete PDU for this long (e.g. one byte every few seconds): abort
 
 
 class Listener:
@@ -154,12 +233,17 @@ class Listener:
     def __init__(self, config: ListenerConfig, receiver: Receiver) -> None:
         self.config = config
         self.ae = AE(ae_title=config.ae_title)
-        self.ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs for 10 MB radiographs
+        self.ae.maximum_pdu_size = config.max_pdu_size
+        self.ae.maximum_associations = config.max_associations
+        self.ae.acse_timeout = config.acse_timeout_s
+        self.ae.dimse_timeout = config.dimse_timeout_s
+        self.ae.network_timeout = config.network_timeout_s
+        self.watchdog = StallWatchdog(config.data_stall_timeout_s)
         self.ae.require_calling_aet = list(config.allowed_calling_aets)
         self.ae.add_supported_context(Verification)
         for sop_class in storage_sop_classes(config.accept_secondary_capture):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
-        self.handler = StoreHandler(receiver)
+        self.handler = StoreHandler(receiver, self.watchdog)
         self.server: TriageAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -170,7 +254,7 @@ class Listener:
     def start(self) -> None:
         server = self.ae.make_server(
             (self.config.host, self.config.port),
-            evt_handlers=[(evt.EVT_C_STORE, self.handler)],
+            evt_handlers=[(evt.EVT_C_STORE, self.handler), *self.watchdog.handlers],
             server_class=TriageAssociationServer,
         )
         server.loopback_only = not self.config.allowed_calling_aets
@@ -178,14 +262,15 @@ class Listener:
         self.server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         self._thread.start()
+        self.watchdog.start()
+        config = self.config
         log.info(
-            "DICOM listener %s on %s:%d (%s)",
-            self.config.ae_title,
-            self.config.host,
-            self.port,
-            "allowlist: " + ",".join(self.config.allowed_calling_aets)
-            if self.config.allowed_calling_aets
-            else "loopback only",
+            "DICOM listener %s on %s:%d (%s); limits: %d associations, PDU %s, timeouts ACSE %g s, DIMSE %g s, "
+            "network %g s, data stall %g s",
+            config.ae_title, config.host, self.port,
+            "allowlist: " + ",".join(config.allowed_calling_aets) if config.allowed_calling_aets else "loopback only",
+            config.max_associations, f"{config.max_pdu_size} bytes" if config.max_pdu_size else "unlimited",
+            config.acse_timeout_s, config.dimse_timeout_s, config.network_timeout_s, config.data_stall_timeout_s,
         )
 
     def serve_forever(self) -> None:
@@ -194,6 +279,7 @@ class Listener:
         self._thread.join()
 
     def stop(self) -> None:
+        self.watchdog.stop()
         self.ae.shutdown()  # shuts the server down, closes its socket and aborts open associations
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -87,3 +87,80 @@ def test_header_drops_nul_characters_and_refuses_overlong_uids() -> None:
         setattr(ds, keyword, "1.2." + "3" * 70)
         with pytest.raises(InvalidIdentifier, match=keyword):
             parse_received(encoded(ds))
+
+
+def test_a_slow_drip_sender_is_cut_off_and_the_association_limit_holds() -> None:
+    import socket
+    import time
+
+    from pynetdicom import AE
+
+    listener = Listener(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), [], max_associations=2,
+                                       data_stall_timeout_s=2.0, acse_timeout_s=2.0), FullReceiver())
+    listener.start()
+    try:
+        # An A-ASSOCIATE-RQ announcing 200 bytes, then one byte every half second: never a complete PDU.
+        drip = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
+        drip.sendall(b"\x01\x00" + (200).to_bytes(4, "big"))
+        started, closed = time.monotonic(), False
+        while time.monotonic() - started < 10:
+            try:
+                drip.sendall(b"\x00")
+                drip.settimeout(0.5)
+                if drip.recv(64) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+        elapsed = time.monotonic() - started
+        drip.close()
+        assert closed and 1.5 < elapsed < 6, elapsed  # cut off after the 2 s stall limit, not held
+
+        deadline = time.monotonic() + 10
+        while listener.ae.active_associations and time.monotonic() < deadline:  # the cut-off one winds down
+            time.sleep(0.05)
+        assert not listener.ae.active_associations
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        held = [ae.associate("127.0.0.1", listener.port, ae_title="CXR_TRIAGE") for _ in range(2)]
+        assert all(assoc.is_established for assoc in held)
+        third = ae.associate("127.0.0.1", listener.port, ae_title="CXR_TRIAGE")
+        assert not third.is_established and third.is_rejected  # the configured limit, not pynetdicom's 10
+        for assoc in held:
+            assoc.release()
+    finally:
+        listener.stop()
+
+
+class SlowReceiver:
+    """Commits after a pause longer than the stall limit: the peer waits for us, which is not a stall."""
+
+    def __init__(self, pause_s: float) -> None:
+        self.pause_s = pause_s
+        self.committed: list[ReceivedInstance] = []
+
+    def commit(self, instance: ReceivedInstance) -> None:
+        import time
+
+        time.sleep(self.pause_s)
+        self.committed.append(instance)
+
+    def reject(self, rejected: RejectedInstance) -> None:
+        raise AssertionError("nothing should be rejected")
+
+
+def test_a_slow_commit_is_not_taken_for_a_stalled_sender(tmp_path: Path) -> None:
+    receiver = SlowReceiver(pause_s=2.5)
+    listener = Listener(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), [], data_stall_timeout_s=1.0),
+                        receiver)
+    listener.start()
+    try:
+        path = tmp_path / "cr.dcm"
+        chest_dataset().save_as(path, enforce_file_format=True)
+        [result] = send_files([path], host="127.0.0.1", port=listener.port, called_aet="CXR_TRIAGE")
+    finally:
+        listener.stop()
+    assert result.ok and len(receiver.committed) == 1

@@ -37,6 +37,12 @@ def listener_config(settings: Settings) -> ListenerConfig:
         port=settings.dicom_port,
         allowed_calling_aets=list(settings.allowed_calling_aets),
         accept_secondary_capture=settings.accept_secondary_capture,
+        max_associations=settings.dicom_max_associations,
+        max_pdu_size=settings.dicom_max_pdu_size,
+        acse_timeout_s=settings.dicom_acse_timeout_s,
+        dimse_timeout_s=settings.dicom_dimse_timeout_s,
+        network_timeout_s=settings.dicom_network_timeout_s,
+        data_stall_timeout_s=settings.dicom_data_stall_timeout_s,
     )
 
 

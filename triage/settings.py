@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         description="Calling AE titles allowed to associate; empty = any AE title, but only from loopback.",
     )
     accept_secondary_capture: bool = True
+    dicom_max_associations: int = Field(25, ge=1, description="Concurrent DICOM associations; more are rejected.")
+    dicom_max_pdu_size: int = Field(0, ge=0, description="Largest PDU we accept, in bytes; 0 = no limit.")
+    dicom_acse_timeout_s: float = Field(30.0, gt=0, description="Association negotiation timeout.")
+    dicom_dimse_timeout_s: float = Field(30.0, gt=0, description="Timeout waiting for a DIMSE message.")
+    dicom_network_timeout_s: float = Field(60.0, gt=0, description="An idle association is released after this.")
+    dicom_data_stall_timeout_s: float = Field(
+        60.0, gt=0, description="An association that completes no PDU for this long is aborted (slow-drip senders).")
 
     web_host: str = "127.0.0.1"
     web_port: int = 8000
