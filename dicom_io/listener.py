@@ -240,6 +240,7 @@ class Listener:
         self.ae.network_timeout = config.network_timeout_s
         self.watchdog = StallWatchdog(config.data_stall_timeout_s)
         self.ae.require_calling_aet = list(config.allowed_calling_aets)
+        self.ae.require_called_aet = True  # a sender configured for another AE title is told so, not silently served
         self.ae.add_supported_context(Verification)
         for sop_class in storage_sop_classes(config.accept_secondary_capture):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)

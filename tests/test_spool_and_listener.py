@@ -131,6 +131,8 @@ def test_a_slow_drip_sender_is_cut_off_and_the_association_limit_holds() -> None
         assert not third.is_established and third.is_rejected  # the configured limit, not pynetdicom's 10
         for assoc in held:
             assoc.release()
+        misdirected = ae.associate("127.0.0.1", listener.port, ae_title="OTHER_PACS")
+        assert misdirected.is_rejected  # the called AE title must be ours
     finally:
         listener.stop()
 
