@@ -166,3 +166,27 @@ def test_a_slow_commit_is_not_taken_for_a_stalled_sender(tmp_path: Path) -> None
     finally:
         listener.stop()
     assert result.ok and len(receiver.committed) == 1
+
+
+def test_a_refused_new_instance_leaves_no_spool_file_and_a_known_one_keeps_its_copy(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from dicom_io.listener import parse_received
+    from worker.ingest import Ingestor
+
+    broken = sessionmaker(create_engine(f"sqlite:///{tmp_path / 'no-such-folder' / 'x.sqlite3'}"))
+    spool = Spool(tmp_path / "spool")
+    ingestor = Ingestor(spool, broken, tmp_path / "rejected", publish=lambda item: None)
+    buffer = BytesIO()
+    chest_dataset(rows=16, columns=16).save_as(buffer, enforce_file_format=True)
+    instance = ReceivedInstance(buffer.getvalue(), parse_received(buffer.getvalue()), "SENDER", "127.0.0.1:1")
+    with pytest.raises(OutOfResources):
+        ingestor.commit(instance)
+    assert not spool.path_for(instance.header.sop_instance_uid).exists()  # 0xA700 leaves nothing behind
+    spool.write(instance.header.sop_instance_uid, b"an earlier, committed copy")
+    with pytest.raises(OutOfResources):
+        ingestor.commit(instance)
+    assert spool.path_for(instance.header.sop_instance_uid).exists()  # a row refers to it: kept

@@ -32,6 +32,7 @@ class Ingestor:
 
     def commit(self, instance: ReceivedInstance) -> queries.WorkItem:
         header = instance.header
+        known = self.spool.path_for(header.sop_instance_uid).exists()  # a resend replaces a committed copy
         try:
             path = self.spool.write(header.sop_instance_uid, instance.data)
         except OSError as exc:
@@ -43,6 +44,8 @@ class Ingestor:
             with self.sessions.begin() as session:
                 item = queries.record_received(session, record)
         except SQLAlchemyError as exc:
+            if not known:  # nothing refers to the new file: the sender keeps its copy and will resend it
+                path.unlink(missing_ok=True)
             raise OutOfResources(f"database write failed: {type(exc).__name__}") from exc
         self.publish(item)
         return item
