@@ -26,9 +26,9 @@ from sqlalchemy import select
 from db.models import Instance, Study, StudyStatus
 from dicom_io.sender import send_files
 from dicom_io.synthetic import chest_dataset
-from triage.cli import start_worker_process, stop_process
-from triage.runtime import listener_config, worker_config
+from triage.runtime import listener_config, settings_env, worker_config
 from triage.settings import Settings
+from triage.supervisor import WorkerSupervisor
 from worker.services import IngestService
 
 
@@ -91,7 +91,8 @@ def main() -> None:
     settings = Settings()
     ingest = IngestService(worker_config(settings), listener_config(settings))
     ingest.start()
-    worker = start_worker_process(settings)
+    worker = WorkerSupervisor(settings_env(settings))
+    worker.start()
     baseline_port = free_port()
     baseline = storescp(work / "storescp", baseline_port) if Path("/usr/bin/storescp").exists() else None
     ours, theirs, flag_after_commit, seen = [], [], [], []
@@ -113,7 +114,7 @@ def main() -> None:
             seen.append(ours[-1] + wall)
             flag_after_commit.append(after_commit.total_seconds())
     finally:
-        stop_process(worker)
+        worker.stop()
         ingest.stop()
         if baseline is not None:
             baseline.terminate()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -22,6 +20,7 @@ from rich.table import Table
 
 from db import queries
 from triage.runtime import DropQueryStrings, configure_logging, listener_config, settings_env, worker_config
+from triage.supervisor import WorkerSupervisor
 from triage.settings import Settings
 
 app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (triage support, not a diagnosis).",
@@ -54,22 +53,6 @@ def _wait_for_stop() -> None:
     stop.wait()
 
 
-def start_worker_process(settings: Settings) -> subprocess.Popen[bytes]:
-    """The Celery worker in a child process: torch and CUDA never load in the listener's process."""
-    env = {**os.environ, **settings_env(settings)}
-    return subprocess.Popen([sys.executable, "-m", "triage", "worker"], env=env)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def web_server(settings: Settings) -> uvicorn.Server:
     """The worklist server; refuses to leave loopback without an API token (the page shows patient data)."""
     from worklist.app import create_app
@@ -100,13 +83,14 @@ def serve() -> None:
     settings = _settings()
     ingest = IngestService(worker_config(settings), listener_config(settings))
     ingest.start()
-    worker = start_worker_process(settings)
+    worker = WorkerSupervisor(settings_env(settings))
+    worker.start()
     try:
         console.print(f"worklist at http://{settings.web_host}:{settings.web_port}/  "
                       f"DICOM {settings.dicom_ae_title}@{settings.dicom_host}:{settings.dicom_port}")
         web_server(settings).run()
     finally:
-        stop_process(worker)
+        worker.stop()
         ingest.stop()
 
 

@@ -16,8 +16,9 @@ from db.models import Instance, InstanceStatus
 from dicom_io.files import read_dataset
 from dicom_io.sender import send_files
 from dicom_io.synthetic import write_samples
-from triage.cli import console, print_worklist, start_worker_process, stop_process, web_server
-from triage.runtime import listener_config, worker_config
+from triage.cli import console, print_worklist, web_server
+from triage.runtime import listener_config, settings_env, worker_config
+from triage.supervisor import WorkerSupervisor
 from triage.settings import Settings
 from worker.services import IngestService
 
@@ -67,7 +68,8 @@ def run_demo(settings: Settings, *, once: bool, source: Path | None, timeout: fl
     sop_uids = {str(read_dataset(path).SOPInstanceUID) for path in files}
     ingest = IngestService(worker_config(settings), listener_config(settings))
     ingest.start()
-    worker = start_worker_process(settings)
+    worker = WorkerSupervisor(settings_env(settings))
+    worker.start()
     server = web_server(settings)
     web_thread = threading.Thread(target=server.run, name="web", daemon=True)
     web_thread.start()
@@ -98,5 +100,5 @@ def run_demo(settings: Settings, *, once: bool, source: Path | None, timeout: fl
     finally:
         server.should_exit = True
         web_thread.join(10)
-        stop_process(worker)
+        worker.stop()
         ingest.stop()

@@ -18,6 +18,7 @@ from worker.celery_app import create_celery
 from worker.config import WorkerConfig
 from worker.ingest import Ingestor
 from worker.outbox import OutboxSweeper, TaskPublisher
+from worker.queue_files import quarantine_unreadable_messages
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,11 @@ def run_worker(config: WorkerConfig, *, pool: str = "solo", concurrency: int = 1
     path = checkpoint_path(config)
     register_model(sessions, config, read_metadata(path), file_sha256(path))  # the page knows it from the start
     engine.dispose()
+    if config.uses_embedded_broker:
+        quarantine_unreadable_messages(config.queue_dir)  # one empty message file would stop every start
     app = create_celery(config)
-    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}", f"--queues={queues or config.queue}",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+            f"--queues={queues or config.queue}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
