@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 from typing import Iterator, Protocol
 
 from pydicom import dcmread
@@ -26,6 +27,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.header import InstanceHeader, InvalidIdentifier, MissingIdentifier, read_header
 from dicom_io.sop_classes import ACCEPTED_TRANSFER_SYNTAXES, storage_sop_classes
+from dicom_io.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -193,13 +195,24 @@ class StoreHandler:
 
 
 class TriageAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's server plus two things it lacks: TCP_NODELAY and a loopback-only mode."""
+    """pynetdicom's server plus what it lacks: TCP_NODELAY, a loopback-only mode, and a time limit on the TLS
+    handshake (pynetdicom's runs in the accepting thread, so one silent client would hold every other)."""
 
     loopback_only: bool = False
+    handshake_timeout_s: float = 10.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client_socket, address = super().get_request()
+        client_socket, address = self.socket.accept()
         client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client_socket.settimeout(self.handshake_timeout_s)
+            try:
+                client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True)
+            except OSError as exc:  # socketserver drops the request quietly on OSError: say why first
+                log.warning("TLS handshake with %s failed: %s", address[0], exc)
+                client_socket.close()
+                raise
+            client_socket.settimeout(None)
         return client_socket, address
 
     def verify_request(self, request: object, client_address: object) -> bool:
@@ -225,6 +238,9 @@ class ListenerConfig:
     dimse_timeout_s: float = 30.0  # waiting for a DIMSE message
     network_timeout_s: float = 60.0  # an idle association is released after this
     data_stall_timeout_s: float = 60.0  # no complete PDU for this long (e.g. one byte every few seconds): abort
+    tls_cert: Path | None = None  # with a certificate the listener speaks only TLS
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # callers must present a certificate signed by this CA
 
 
 class Listener:
@@ -253,10 +269,13 @@ class Listener:
         return self.server.server_address[1] if self.server else self.config.port
 
     def start(self) -> None:
+        tls = (server_context(self.config.tls_cert, self.config.tls_key or self.config.tls_cert, self.config.tls_ca)
+               if self.config.tls_cert else None)
         server = self.ae.make_server(
             (self.config.host, self.config.port),
             evt_handlers=[(evt.EVT_C_STORE, self.handler), *self.watchdog.handlers],
             server_class=TriageAssociationServer,
+            ssl_context=tls,
         )
         server.loopback_only = not self.config.allowed_calling_aets
         self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it
@@ -266,10 +285,11 @@ class Listener:
         self.watchdog.start()
         config = self.config
         log.info(
-            "DICOM listener %s on %s:%d (%s); limits: %d associations, PDU %s, timeouts ACSE %g s, DIMSE %g s, "
+            "DICOM listener %s on %s:%d (%s, %s); limits: %d associations, PDU %s, timeouts ACSE %g s, DIMSE %g s, "
             "network %g s, data stall %g s",
             config.ae_title, config.host, self.port,
             "allowlist: " + ",".join(config.allowed_calling_aets) if config.allowed_calling_aets else "loopback only",
+            ("TLS, client certificates required" if config.tls_ca else "TLS") if config.tls_cert else "no TLS",
             config.max_associations, f"{config.max_pdu_size} bytes" if config.max_pdu_size else "unlimited",
             config.acse_timeout_s, config.dimse_timeout_s, config.network_timeout_s, config.data_stall_timeout_s,
         )

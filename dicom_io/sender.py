@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
@@ -25,14 +26,16 @@ class SendResult:
 
 
 def send_files(paths: list[Path], *, host: str, port: int, called_aet: str, calling_aet: str = "CXR_SENDER",
-               timeout: float = 60.0) -> list[SendResult]:
+               timeout: float = 60.0, tls: SSLContext | None = None) -> list[SendResult]:
+    """C-STORE the files over one association (TLS with ``tls``, see ``dicom_io.tls.client_context``)."""
     datasets = [(path, read_dataset(path)) for path in paths]
     contexts = {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets}
     ae = AE(ae_title=calling_aet)
     ae.maximum_pdu_size = 0
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     requested = [build_context(sop_class, [syntax]) for sop_class, syntax in sorted(contexts)]
-    assoc = ae.associate(host, port, contexts=requested, ae_title=called_aet)
+    assoc = ae.associate(host, port, contexts=requested, ae_title=called_aet,
+                         tls_args=(tls, None) if tls is not None else None)  # type: ignore[arg-type]
     if not assoc.is_established:
         log.error("association with %s@%s:%d not established", called_aet, host, port)
         return [SendResult(path, None) for path, _ in datasets]

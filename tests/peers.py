@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -120,9 +120,11 @@ def echoscu(
     called_aet: str = "CXR_TRIAGE",
     calling_aet: str = "ECHOSCU",
     timeout: float = 30,
+    tls: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Send one C-ECHO; the caller checks ``returncode`` (0 = success), ``stdout`` holds the log."""
-    args = ["-v", "-to", str(int(timeout)), "-aet", calling_aet, "-aec", called_aet, host, str(port)]
+    """Send one C-ECHO; the caller checks ``returncode`` (0 = success), ``stdout`` holds the log. ``tls`` adds
+    dcmtk's TLS options (e.g. ``+tls KEY CERT +cf CA``)."""
+    args = ["-v", "-to", str(int(timeout)), *tls, "-aet", calling_aet, "-aec", called_aet, host, str(port)]
     return _run_dcmtk("echoscu", args, timeout + 5)
 
 
@@ -251,6 +253,7 @@ def storescu(
     calling_aet: str = "STORESCU",
     timeout: float = 120,
     sop_classes: Iterable[str] = DEFAULT_SOP_CLASSES.values(),
+    tls: Sequence[str] = (),
 ) -> StorescuResult:
     """C-STORE ``files`` on one association, each in its stored transfer syntax.
 
@@ -262,7 +265,7 @@ def storescu(
     with tempfile.TemporaryDirectory(prefix="storescu-") as tmp:
         profile = write_storescu_profile(Path(tmp), sop_classes)
         args = [
-            "-d", "+f", "--no-halt", "-to", str(int(timeout)), "-xf", str(profile), _PROFILE,
+            "-d", "+f", "--no-halt", "-to", str(int(timeout)), *tls, "-xf", str(profile), _PROFILE,
             "-aet", calling_aet, "-aec", called_aet, host, str(port), *names,
         ]  # fmt: skip
         proc = _run_dcmtk("storescu", args, timeout)

@@ -17,7 +17,7 @@ from dicom_io.files import read_dataset
 from dicom_io.sender import send_files
 from dicom_io.synthetic import write_samples
 from triage.cli import console, print_worklist, web_server
-from triage.runtime import listener_config, settings_env, worker_config
+from triage.runtime import listener_client_tls, listener_config, settings_env, worker_config
 from triage.supervisor import WorkerSupervisor
 from triage.settings import Settings
 from worker.services import IngestService
@@ -77,7 +77,8 @@ def run_demo(settings: Settings, *, once: bool, source: Path | None, timeout: fl
         since = datetime.now(timezone.utc)
         started = time.monotonic()
         results = send_files(files, host="127.0.0.1", port=ingest.listener.port if ingest.listener else 0,
-                             called_aet=settings.dicom_ae_title, calling_aet="CXR_DEMO")
+                             called_aet=settings.dicom_ae_title, calling_aet="CXR_DEMO",
+                             tls=listener_client_tls(settings))
         refused = [r for r in results if not r.ok]
         for r in refused:
             console.print(f"[red]{r.path.name}: not stored (status {r.status})[/red]")

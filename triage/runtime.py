@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from ssl import SSLContext
 
 from dicom_io.listener import ListenerConfig
 from triage.settings import Settings
@@ -43,7 +44,23 @@ def listener_config(settings: Settings) -> ListenerConfig:
         dimse_timeout_s=settings.dicom_dimse_timeout_s,
         network_timeout_s=settings.dicom_network_timeout_s,
         data_stall_timeout_s=settings.dicom_data_stall_timeout_s,
+        tls_cert=settings.dicom_tls_cert,
+        tls_key=settings.dicom_tls_key,
+        tls_ca=settings.dicom_tls_ca,
     )
+
+
+def listener_client_tls(settings: Settings) -> SSLContext | None:
+    """How our own SCUs (the demo, the benchmark) reach our listener: TLS when it speaks TLS, trusting its CA
+    (or its own certificate) and presenting its certificate when it asks callers for one."""
+    from dicom_io.tls import client_context
+
+    if settings.dicom_tls_cert is None:
+        return None
+    trusted = settings.dicom_tls_ca or settings.dicom_tls_cert
+    if settings.dicom_tls_ca is None:
+        return client_context(trusted)
+    return client_context(trusted, settings.dicom_tls_cert, settings.dicom_tls_key)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

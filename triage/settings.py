@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     dicom_acse_timeout_s: float = Field(30.0, gt=0, description="Association negotiation timeout.")
     dicom_dimse_timeout_s: float = Field(30.0, gt=0, description="Timeout waiting for a DIMSE message.")
     dicom_network_timeout_s: float = Field(60.0, gt=0, description="An idle association is released after this.")
+    dicom_tls_cert: Path | None = Field(None, description="PEM certificate: with one the listener speaks only TLS.")
+    dicom_tls_key: Path | None = Field(None, description="PEM private key of the certificate (if not in its file).")
+    dicom_tls_ca: Path | None = Field(
+        None, description="PEM CA certificates: callers must present a certificate one of them signed.")
     dicom_data_stall_timeout_s: float = Field(
         60.0, gt=0, description="An association that completes no PDU for this long is aborted (slow-drip senders).")
 
