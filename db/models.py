@@ -166,3 +166,16 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))  # view, api, image, list, mark_read, mark_unread
     study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     detail: Mapped[str | None] = mapped_column(String(512), nullable=True)  # route or SOP instance UID, no patient data
+
+
+class WebSession(Base):
+    """A signed-in page session: random per login, kept server-side so sign-out and expiry really end it (several
+    web processes share it through the database). Only the token's sha256 is stored."""
+
+    __tablename__ = "web_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -268,3 +268,44 @@ def test_settings_and_cli_refuse_an_unknown_time_zone() -> None:
     result = CliRunner().invoke(app, ["worklist"], env={"TRIAGE_TIMEZONE": "Mars/Olympus"})
     assert result.exit_code == 2 and "TRIAGE_TIMEZONE: Value error, unknown time zone" in result.output
     assert "Traceback" not in result.output
+
+
+def test_sessions_are_new_per_sign_in_and_end_at_sign_out(client: TestClient) -> None:
+    first = client.post("/login", data={"token": "tok-alice", "next": "/"}, follow_redirects=False)
+    first_cookie = first.cookies["cxr_triage_session"]
+    client.cookies.clear()
+    second = client.post("/login", data={"token": "tok-alice", "next": "/"}, follow_redirects=False)
+    second_cookie = second.cookies["cxr_triage_session"]
+    assert first_cookie != second_cookie  # random per sign-in, not derived from the token
+    client.cookies.set("cxr_triage_session", second_cookie)
+    assert client.get("/api/worklist").status_code == 200
+    page = client.get("/", headers=HTML).text
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert csrf is not None
+    assert client.post("/logout", data={"csrf": csrf[1]}, follow_redirects=False).status_code == 303
+    client.cookies.set("cxr_triage_session", second_cookie)  # a copy of the cookie kept after sign-out
+    assert client.get("/api/worklist").status_code == 401
+    client.cookies.set("cxr_triage_session", first_cookie)  # the other sign-in's session lives on
+    assert client.get("/api/worklist").status_code == 200
+
+
+def test_failed_sign_ins_are_audited_and_throttled(client: TestClient) -> None:
+    for _ in range(10):
+        assert client.post("/login", data={"token": "guess", "next": "/"}, headers=HTML).status_code == 401
+    eleventh = client.post("/login", data={"token": "tok-alice", "next": "/"}, follow_redirects=False)
+    assert eleventh.status_code == 429 and int(eleventh.headers["retry-after"]) > 0  # even the right token waits
+    assert eleventh.headers["content-type"] == "application/problem+json"
+    failed = [row for row in audit_rows(client) if row[1] == "login_failed"]
+    assert len(failed) == 11 and all(actor == "unknown" for actor, _, _ in failed)
+
+
+def test_api_documents_need_the_token_and_foreign_origins_cannot_change_state(client: TestClient) -> None:
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=AUTH).status_code == 200, path
+    add_study(client, "9.1", "9.1.1")
+    client.post("/login", data={"token": "tok-alice", "next": "/"})
+    foreign = client.put("/api/studies/9.1/read", json={"read": True}, headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403
+    own = client.put("/api/studies/9.1/read", json={"read": True}, headers={"Origin": "http://testserver"})
+    assert own.status_code == 200

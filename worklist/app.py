@@ -12,7 +12,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
@@ -61,6 +62,7 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
         version="0.2.0",
         description=f"{TRIAGE_NOTICE}\n\nErrors are RFC 9457 problem details (application/problem+json). "
                     "With a token configured every route but /healthz needs `Authorization: Bearer <token>`.",
+        docs_url=None, redoc_url=None, openapi_url=None,  # served below, behind the same sign-in as the rest
     )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     zone = ZoneInfo(timezone)
@@ -119,5 +121,17 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
 
     app.include_router(api.router)
     app.include_router(pages.router)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_document(_: str = Depends(identity)) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(_: str = Depends(identity)) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} – API")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(_: str = Depends(identity)) -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} – API")
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     return app

@@ -62,20 +62,6 @@ class Tokens:
                 found = name
         return found
 
-    def _mac(self, name: str) -> str:
-        return hmac.new(self.by_name[name].encode(), f"session|{name}".encode(), hashlib.sha256).hexdigest()
-
-    def cookie_for(self, name: str) -> str:
-        return f"{self._mac(name)}.{name}"
-
-    def identify_cookie(self, value: str | None) -> str | None:
-        if not value:
-            return None
-        mac, _, name = value.partition(".")
-        if name not in self.by_name:
-            return None
-        return name if hmac.compare_digest(mac, self._mac(name)) else None
-
     def csrf_token(self, identity: str) -> str:
         return hmac.new(self.csrf_secret, f"csrf|{identity}".encode(), hashlib.sha256).hexdigest()
 
@@ -84,8 +70,22 @@ class Tokens:
             raise Problem(403, "the form has expired or did not come from this site; reload the page")
 
 
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def same_origin(request: Request) -> bool:
+    """A browser names the page that sent a request in Origin; a change sent with our cookie from another site
+    (the cookie is SameSite=strict, this is the second lock) must come from our own origin."""
+    origin = request.headers.get("origin")
+    if origin is None or request.method in SAFE_METHODS:
+        return True
+    return origin.rstrip("/").split("://", 1)[-1] == request.headers.get("host", "")
+
+
 def identity(request: Request, credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> str:
     """The caller's name for the audit table; raises NotAuthenticated (401 or a redirect to /login)."""
+    from db.web_sessions import session_actor
+
     tokens: Tokens = request.app.state.tokens
     if not tokens.enabled:
         return DEMO_IDENTITY
@@ -94,7 +94,10 @@ def identity(request: Request, credentials: HTTPAuthorizationCredentials | None 
         if name is None:
             raise NotAuthenticated()
         return name
-    name = tokens.identify_cookie(request.cookies.get(COOKIE_NAME))
-    if name is None:
+    with request.app.state.sessions() as db:
+        name = session_actor(db, request.cookies.get(COOKIE_NAME))
+    if name is None or name not in tokens.by_name:  # a token removed from the settings ends its sessions
         raise NotAuthenticated()
+    if not same_origin(request):
+        raise Problem(403, "this change came from another site")
     return name

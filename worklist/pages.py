@@ -6,9 +6,10 @@ toggles the heat map. Everything works without it, except the live updates.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
-from datetime import date, timezone, tzinfo
+from datetime import date, timedelta, timezone, tzinfo
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -16,14 +17,18 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import queries, web_sessions
+from db.models import utcnow
 from worklist.api import study_body
-from worklist.auth import COOKIE_MAX_AGE_S, COOKIE_NAME, DEMO_IDENTITY, Tokens, identity
+from worklist.auth import COOKIE_MAX_AGE_S, COOKIE_NAME, Tokens, identity
 from worklist.deps import StudyUid, audit, db_session
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, status_text
 from worklist.problems import Problem
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
+LOGIN_ATTEMPTS = 10  # failed sign-ins from one address within LOGIN_WINDOW before the next is refused (429)
+LOGIN_WINDOW = timedelta(minutes=1)
 PER_PAGE_CHOICES = (25, 50, 100)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -200,21 +205,36 @@ def login_page(request: Request) -> Response:
 @router.post("/login")
 async def login(request: Request) -> Response:
     tokens: Tokens = request.app.state.tokens
+    if not tokens.enabled:
+        return RedirectResponse("/", status_code=303)
     form = await _form(request)
     target = _safe_next(form.get("next"))
-    name = tokens.identify(form.get("token", "")) if tokens.enabled else DEMO_IDENTITY
+    client = request.client.host if request.client else "?"
+    with request.app.state.sessions.begin() as db:
+        throttled = web_sessions.recent_failed_logins(db, client, utcnow() - LOGIN_WINDOW) >= LOGIN_ATTEMPTS
+        name = None if throttled else tokens.identify(form.get("token", ""))
+        if name is None:
+            web_sessions.record_failed_login(db, client)
+            log.warning("failed sign-in from %s%s", client, " (throttled)" if throttled else "")
+        else:
+            cookie = web_sessions.start_session(db, name, timedelta(seconds=COOKIE_MAX_AGE_S))
+    if throttled:
+        seconds = int(LOGIN_WINDOW.total_seconds())
+        raise Problem(429, f"too many failed sign-ins from this address; try again in {seconds} s",
+                      headers={"Retry-After": str(seconds)})
     if name is None:
         return _html(request, "login.html", _login_context(target, "That token is not valid."), status_code=401)
     response = RedirectResponse(target, status_code=303)
-    if tokens.enabled:
-        response.set_cookie(COOKIE_NAME, tokens.cookie_for(name), max_age=COOKIE_MAX_AGE_S, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https", path="/")
+    response.set_cookie(COOKIE_NAME, cookie, max_age=COOKIE_MAX_AGE_S, httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https", path="/")
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request, who: str = Depends(identity)) -> Response:
     request.app.state.tokens.check_csrf(who, (await _form(request)).get("csrf"))
+    with request.app.state.sessions.begin() as db:
+        web_sessions.end_session(db, request.cookies.get(COOKIE_NAME))  # the cookie is dead even if kept
     response = RedirectResponse("/login" if request.app.state.tokens.enabled else "/", status_code=303)
     response.delete_cookie(COOKIE_NAME, path="/")
     return response
