@@ -62,8 +62,8 @@ def web_server(settings: Settings) -> uvicorn.Server:
         raise typer.Exit(2)
     app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
                       api_tokens=settings.api_tokens, timezone=settings.timezone)
-    config = uvicorn.Config(app_, host=settings.web_host,
-                            port=settings.web_port, log_level=settings.log_level.lower())
+    config = uvicorn.Config(app_, host=settings.web_host, port=settings.web_port, log_level=settings.log_level.lower(),
+                            ssl_certfile=settings.web_tls_cert, ssl_keyfile=settings.web_tls_key)
     logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers
     return uvicorn.Server(config)
 

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = 8000
     api_token: str = Field("", description="Bearer token for /api; required when the web server leaves loopback.")
+    web_tls_cert: Path | None = Field(None, description="PEM certificate: with one the web server speaks HTTPS only.")
+    web_tls_key: Path | None = Field(None, description="PEM private key of the web certificate.")
     queue: str = Field("triage", description="Celery queue the listener publishes to and workers consume.")
 
     model: str = Field("", description="Checkpoint path; empty = the shipped default.")

@@ -1,5 +1,6 @@
-"""DICOM over TLS (TLS 1.2+): the listener with a certificate speaks only TLS; with a CA it requires a client
-certificate that CA signed. Checked with pynetdicom and with dcmtk's ``echoscu``/``storescu +tls``."""
+"""TLS. DICOM (TLS 1.2+): the listener with a certificate speaks only TLS; with a CA it requires a client
+certificate that CA signed (checked with pynetdicom and dcmtk's ``echoscu``/``storescu +tls``). The web server
+with a certificate speaks HTTPS only."""
 
 from __future__ import annotations
 
@@ -111,3 +112,31 @@ def test_dcmtk_echo_and_store_over_tls(pki: dict[str, Path], chest_file: Path) -
     assert store.ok, store.log[-2000:]
     assert refused.returncode != 0 and plain.returncode != 0
     assert len(keep.committed) == 1
+
+
+def test_the_web_server_speaks_https_with_a_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import httpx
+
+    from peers import wait_for_port
+    from triage.cli import web_server
+    from triage.settings import Settings
+
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert))
+    port = free_port()
+    settings = Settings(data_dir=tmp_path / "var", web_port=port, web_tls_cert=cert, web_tls_key=key)
+    settings.ensure_dirs()
+    server = web_server(settings)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for_port("127.0.0.1", port, 30)
+        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=str(cert), timeout=10).status_code == 200
+        with pytest.raises(httpx.HTTPError):  # no plain HTTP on the same port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
