@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+
+def disk_used_percent(path: Path) -> float:
+    """Used share of the file system holding ``path`` (or its nearest existing parent), in percent."""
+    existing = Path(path).resolve()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    usage = shutil.disk_usage(existing)
+    return 100.0 * usage.used / usage.total if usage.total else 100.0
 
 
 class Spool:
@@ -13,6 +23,10 @@ class Spool:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+
+    def disk_used_percent(self) -> float:
+        """How full the spool's file system is (the nearest existing folder's, before the spool exists)."""
+        return disk_used_percent(self.root)
 
     def path_for(self, sop_instance_uid: str) -> Path:
         # Hash the UID: senders put odd characters into UIDs, and a flat folder of millions of files is slow.

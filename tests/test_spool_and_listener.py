@@ -190,3 +190,43 @@ def test_a_refused_new_instance_leaves_no_spool_file_and_a_known_one_keeps_its_c
     with pytest.raises(OutOfResources):
         ingestor.commit(instance)
     assert spool.path_for(instance.header.sop_instance_uid).exists()  # a row refers to it: kept
+
+
+def test_above_the_disk_watermark_c_stores_are_refused_before_the_disk_is_full(tmp_path: Path) -> None:
+    from io import BytesIO
+
+    from sqlalchemy.orm import sessionmaker
+
+    from dicom_io.listener import parse_received
+    from dicom_io.spool import disk_used_percent
+    from worker.ingest import Ingestor
+
+    used = disk_used_percent(tmp_path)
+    assert 0 < used < 100
+    spool = Spool(tmp_path / "spool")
+    never_used = sessionmaker()  # the refusal comes before any database work
+    ingestor = Ingestor(spool, never_used, tmp_path / "rejected", publish=lambda item: None,
+                        disk_watermark_percent=max(used - 1, 0.01))
+    buffer = BytesIO()
+    chest_dataset(rows=16, columns=16).save_as(buffer, enforce_file_format=True)
+    instance = ReceivedInstance(buffer.getvalue(), parse_received(buffer.getvalue()), "SENDER", "127.0.0.1:1")
+    with pytest.raises(OutOfResources, match="watermark"):
+        ingestor.commit(instance)
+    assert not spool.path_for(instance.header.sop_instance_uid).exists()
+
+
+def test_health_and_metrics_report_the_spool_disk_against_its_watermark(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from worklist.app import create_app
+
+    url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    full = TestClient(create_app(url, spool_disk_used=lambda: 95.0, disk_watermark_percent=90.0),
+                      base_url="http://127.0.0.1")
+    health = full.get("/healthz")
+    assert health.status_code == 503 and "watermark" in health.json()["detail"]
+    text = full.get("/metrics").text
+    assert "cxr_triage_spool_disk_used_ratio 0.95" in text and "cxr_triage_spool_disk_watermark_ratio 0.9" in text
+    roomy = TestClient(create_app(url, spool_disk_used=lambda: 40.0, disk_watermark_percent=90.0),
+                       base_url="http://127.0.0.1")
+    assert roomy.get("/healthz").status_code == 200

@@ -55,13 +55,16 @@ def _wait_for_stop() -> None:
 
 def web_server(settings: Settings) -> uvicorn.Server:
     """The worklist server; refuses to leave loopback without an API token (the page shows patient data)."""
+    from dicom_io.spool import disk_used_percent
     from worklist.app import create_app
 
     if not (settings.api_token or settings.api_tokens) and not _is_loopback(settings.web_host):
         console.print(f"[red]TRIAGE_WEB_HOST={settings.web_host} is not loopback: set TRIAGE_API_TOKEN first[/red]")
         raise typer.Exit(2)
     app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
-                      api_tokens=settings.api_tokens, timezone=settings.timezone)
+                      api_tokens=settings.api_tokens, timezone=settings.timezone,
+                      spool_disk_used=lambda: disk_used_percent(settings.spool_dir),
+                      disk_watermark_percent=settings.disk_watermark_percent)
     config = uvicorn.Config(app_, host=settings.web_host, port=settings.web_port, log_level=settings.log_level.lower(),
                             ssl_certfile=settings.web_tls_cert, ssl_keyfile=settings.web_tls_key)
     logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers

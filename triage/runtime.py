@@ -28,6 +28,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         sweep_interval_s=settings.sweep_interval_s,
         max_retries=settings.task_max_retries,
         previews_dir=(settings.data_dir / "previews").resolve(),
+        disk_watermark_percent=settings.disk_watermark_percent,
     )
 
 

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         600.0, description="An instance queued or in progress this long without a result is enqueued again."
     )
     task_max_retries: int = 5
+    disk_watermark_percent: float = Field(
+        90.0, gt=0, le=100, description="Above this share of the spool's disk in use, C-STOREs are refused with "
+                                        "0xA700 (the sender retries) and /healthz answers 503.")
     log_level: str = "INFO"
     timezone: str = Field("UTC", description="IANA time zone of the site (e.g. Europe/Berlin): times on the page "
                                              "and in the CLI, and the days of the date filters. Stored times are UTC.")

@@ -24,6 +24,7 @@ class WorkerConfig:
     max_attempts: int = 3  # claims per received copy before it is a poison message
     max_retries: int = 5
     previews_dir: Path | None = None  # where the worker writes preview and heat map PNGs; None = none written
+    disk_watermark_percent: float = 90.0  # above this share of the spool's disk in use, C-STOREs get 0xA700
 
     @property
     def uses_embedded_broker(self) -> bool:

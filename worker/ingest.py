@@ -24,14 +24,20 @@ Publish = Callable[[queries.WorkItem], None]
 class Ingestor:
     """Implements dicom_io's Receiver: makes an instance durable before the sender hears 0x0000."""
 
-    def __init__(self, spool: Spool, sessions: sessionmaker[Session], rejected_dir: Path, publish: Publish) -> None:
+    def __init__(self, spool: Spool, sessions: sessionmaker[Session], rejected_dir: Path, publish: Publish,
+                 disk_watermark_percent: float = 90.0) -> None:
         self.spool = spool
+        self.disk_watermark_percent = disk_watermark_percent
         self.sessions = sessions
         self.rejected_dir = rejected_dir
         self.publish = publish
 
     def commit(self, instance: ReceivedInstance) -> queries.WorkItem:
         header = instance.header
+        used = self.spool.disk_used_percent()
+        if used >= self.disk_watermark_percent:  # refuse while a retry can still succeed, not at a full disk
+            raise OutOfResources(f"spool disk {used:.1f}% used, at or above the {self.disk_watermark_percent:g}% "
+                                 f"watermark")
         known = self.spool.path_for(header.sop_instance_uid).exists()  # a resend replaces a committed copy
         try:
             path = self.spool.write(header.sop_instance_uid, instance.data)

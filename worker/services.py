@@ -44,7 +44,8 @@ class IngestService:
         self.engine, self.sessions = open_database(config.database_url)
         self.celery = create_celery(config)
         self.publisher = TaskPublisher(self.celery, self.sessions)
-        self.ingestor = Ingestor(Spool(config.spool_dir), self.sessions, config.rejected_dir, self.publisher)
+        self.ingestor = Ingestor(Spool(config.spool_dir), self.sessions, config.rejected_dir, self.publisher,
+                                 config.disk_watermark_percent)
         self.sweeper = OutboxSweeper(config, self.sessions, self.publisher)
         self.listener = Listener(listener_config, self.ingestor) if listener_config else None
 

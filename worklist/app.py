@@ -8,7 +8,7 @@ Routes (``/docs`` shows the API): the page ``/``, ``/studies/{uid}``, ``/model``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from fastapi import Depends, FastAPI, Request
@@ -49,11 +49,14 @@ def is_loopback_host(host_header: str) -> bool:
 
 
 def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", poll_interval_s: float = 2.0,
-               model_card: Path | None = None, timezone: str = "UTC") -> FastAPI:
+               model_card: Path | None = None, timezone: str = "UTC",
+               spool_disk_used: Callable[[], float] | None = None, disk_watermark_percent: float = 90.0) -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
     (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
     must only listen on loopback (``triage.cli.web_server`` enforces that). ``timezone`` (IANA) is the site's:
-    the page shows times in it and the date filters of page and API count its days."""
+    the page shows times in it and the date filters of page and API count its days. With ``spool_disk_used``
+    (percent of the spool's disk in use, from the composition root), /healthz and /metrics also report it against
+    ``disk_watermark_percent``."""
     engine = make_engine(database_url)
     migrate(engine)
     sessions: sessionmaker[Session] = make_session_factory(engine)
@@ -75,7 +78,7 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.poll_interval_s = poll_interval_s
     app.state.zone = zone
     app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
-    registry = metrics.make_registry(sessions)
+    registry = metrics.make_registry(sessions, spool_disk_used, disk_watermark_percent)
     problems.install(app)
 
     @app.middleware("http")
@@ -102,13 +105,19 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
         return response
 
     @app.get("/healthz", response_model=schemas.Health, tags=["operations"],
-             responses={503: {"content": {"application/problem+json": {}}, "description": "Database unreachable"}},
-             summary="Liveness and database reachability (no token needed)")
+             responses={503: {"content": {"application/problem+json": {}},
+                              "description": "Database unreachable, or the spool's disk above its watermark"}},
+             summary="Liveness, database reachability and spool disk space (no token needed)")
     def healthz(db: Session = Depends(db_session)) -> dict[str, str]:
         try:
             db.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
             raise problems.Problem(503, "the database is unreachable") from exc
+        if spool_disk_used is not None:
+            used = spool_disk_used()
+            if used >= disk_watermark_percent:
+                raise problems.Problem(503, f"the spool's disk is {used:.1f}% used, at or above the "
+                                            f"{disk_watermark_percent:g}% watermark: new images are refused")
         return {"status": "ok"}
 
     @app.get("/metrics", tags=["operations"], response_class=Response,

@@ -3,7 +3,7 @@ are separate processes (and hosts, in a fleet), and the tables already hold ever
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -64,9 +64,30 @@ class DatabaseCollector(Collector):
                                 value=1 if snap.untrained_in_use else 0)
 
 
-def make_registry(sessions: sessionmaker[Session]) -> CollectorRegistry:
+class SpoolDiskCollector(Collector):
+    """How full the spool's disk is, and the watermark above which C-STOREs are refused."""
+
+    def __init__(self, used_percent: Callable[[], float], watermark_percent: float) -> None:
+        self.used_percent = used_percent
+        self.watermark_percent = watermark_percent
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(f"{PREFIX}_spool_disk_used_ratio", "Used share of the spool's file system",
+                                value=self.used_percent() / 100.0)
+        yield GaugeMetricFamily(f"{PREFIX}_spool_disk_watermark_ratio",
+                                "Used share above which C-STOREs are refused (0xA700)",
+                                value=self.watermark_percent / 100.0)
+
+
+def make_registry(sessions: sessionmaker[Session], spool_disk_used: Callable[[], float] | None = None,
+                  disk_watermark_percent: float = 90.0) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(sessions))
+    if spool_disk_used is not None:
+        registry.register(SpoolDiskCollector(spool_disk_used, disk_watermark_percent))
     return registry
 
 
