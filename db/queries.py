@@ -240,15 +240,17 @@ def refresh_study(session: Session, study_id: int) -> None:
     study.time_to_flag_s = max(0.0, (study.flagged_at - latest).total_seconds()) if latest else None
 
 
-def stranded(session: Session, *, received_before: datetime, started_before: datetime, limit: int = 500
-             ) -> list[WorkItem]:
-    """Committed instances nobody is working on: never queued, or queued/claimed too long ago (outbox)."""
+def stranded(session: Session, *, received_before: datetime, started_before: datetime,
+             queued_before: datetime | None = None, limit: int = 500) -> list[WorkItem]:
+    """Committed instances nobody is working on (outbox): never queued, queued before ``queued_before`` (default
+    ``started_before``; ``datetime.min`` leaves queued ones out), or claimed before ``started_before``."""
+    queued_before = started_before if queued_before is None else queued_before
     query = (
         select(Instance.id, Instance.receive_count)
         .where(
             or_(
                 and_(Instance.status == InstanceStatus.RECEIVED, Instance.received_at < received_before),
-                and_(Instance.status == InstanceStatus.QUEUED, Instance.enqueued_at < started_before),
+                and_(Instance.status == InstanceStatus.QUEUED, Instance.enqueued_at < queued_before),
                 and_(Instance.status == InstanceStatus.PROCESSING, Instance.started_at < started_before),
             )
         )
@@ -256,6 +258,12 @@ def stranded(session: Session, *, received_before: datetime, started_before: dat
         .limit(limit)
     )
     return [WorkItem(row.id, row.receive_count) for row in session.execute(query)]
+
+
+def queued_count(session: Session) -> int:
+    """Instances whose task was published and not yet claimed."""
+    return session.scalar(select(func.count()).select_from(Instance)
+                          .where(Instance.status == InstanceStatus.QUEUED)) or 0
 
 
 def register_model(session: Session, *, sha256: str, version: str, trained: bool, threshold: float,

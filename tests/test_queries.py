@@ -113,3 +113,17 @@ def test_outbox_finds_unqueued_and_abandoned_instances(sessions: sessionmaker[Se
     assert [item.instance_id for item in soon] == [never_queued.instance_id]
     assert [item.instance_id for item in later] == [never_queued.instance_id, queued.instance_id,
                                                     abandoned.instance_id]
+
+
+def test_stranded_can_leave_queued_instances_out(sessions: sessionmaker[Session]) -> None:
+    queued = receive(sessions, "5.6", "5.8")
+    with sessions.begin() as session:
+        queries.mark_queued(session, queued)
+    now = datetime.now(timezone.utc)
+    with sessions() as session:
+        waiting = queries.stranded(session, received_before=now, started_before=now + timedelta(seconds=60),
+                                   queued_before=datetime.min.replace(tzinfo=timezone.utc))
+        lost = queries.stranded(session, received_before=now, started_before=now - timedelta(seconds=60),
+                                queued_before=now + timedelta(seconds=1))
+        assert queries.queued_count(session) == 1
+    assert waiting == [] and [item.instance_id for item in lost] == [queued.instance_id]

@@ -12,6 +12,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
@@ -27,6 +28,18 @@ class TaskPublisher:
     def __init__(self, celery: Celery, sessions: sessionmaker[Session]) -> None:
         self.celery = celery
         self.sessions = sessions
+
+    def queue_depth(self, queue: str) -> int | None:
+        """Messages waiting in the broker's queue (Redis list length, files of the embedded queue); None when
+        the broker cannot be asked."""
+        try:
+            with self.celery.connection_for_read() as connection:
+                return int(connection.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:  # no such queue (e.g. Redis restarted without persistence): nothing is waiting
+            return 0
+        except Exception as exc:
+            log.warning("queue depth unknown (%s)", type(exc).__name__)
+            return None
 
     def __call__(self, item: queries.WorkItem) -> None:
         try:
@@ -54,17 +67,35 @@ class OutboxSweeper:
 
     def sweep_once(self) -> int:
         now = datetime.now(timezone.utc)
+        requeue_before = now - timedelta(seconds=self.config.requeue_after_s)
+        depth = self.publish.queue_depth(self.config.queue)
         with self.sessions.begin() as session:
+            queued_before = self._queued_before(session, depth, now, requeue_before)
             items = queries.stranded(
                 session,
                 received_before=now - timedelta(seconds=self.config.received_grace_s),
-                started_before=now - timedelta(seconds=self.config.requeue_after_s),
+                started_before=requeue_before,
+                queued_before=queued_before,
             )
         for item in items:
             self.publish(item)
         if items:
             log.info("outbox sweeper republished %d instance(s)", len(items))
         return len(items)
+
+    def _queued_before(self, session: Session, depth: int | None, now: datetime,
+                       requeue_before: datetime) -> datetime:
+        """Which queued instances to publish again, asked of the broker rather than guessed from age alone.
+
+        An empty queue means their tasks are gone (a broker restarted without persistence): publish them now, not
+        after the requeue time. As many messages as queued instances means they are merely waiting in a backlog:
+        publishing again would only add no-op tasks. Fewer messages than instances, or a broker that cannot be
+        asked: the age rule (``requeue_after_s``)."""
+        if depth == 0:
+            return now - timedelta(seconds=self.config.received_grace_s)
+        if depth is not None and depth >= queries.queued_count(session):
+            return datetime.min.replace(tzinfo=timezone.utc)
+        return requeue_before
 
     def _run(self) -> None:
         while not self._stop.wait(self.config.sweep_interval_s):
