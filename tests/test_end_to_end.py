@@ -261,3 +261,69 @@ def test_every_encoding_is_accepted_and_stored_as_received(stack: Stack, tmp_pat
         kept = dcmread(stored[syntax])
         assert kept.file_meta.TransferSyntaxUID == syntax
         assert kept.PixelData == original.PixelData, syntax  # no transcoding on receive
+
+
+def test_logs_carry_no_patient_data_after_hostile_and_corrupted_input(stack: Stack, tmp_path: Path) -> None:
+    """Names, IDs, birth dates and accession numbers go into files that break in every way the product knows,
+    and into searches; then every log of every process is searched for them."""
+    from pynetdicom import AE, _config
+
+    from pydicom.uid import generate_uid
+
+    secrets = {"name": "ZEBRA^QUOKKA", "id": "PIDXQ7781", "birth": "19230517", "accession": "ACCXQ99"}
+    study_uid = generate_uid()  # one study: waiting for it waits for every image the worker gets
+
+    def marked(index: int, **changes: object):  # type: ignore[no-untyped-def]
+        ds = chest_dataset(patient_index=80 + index, rows=64, columns=56, seed=index, study_uid=study_uid)
+        ds.PatientName, ds.PatientID = secrets["name"], secrets["id"]
+        ds.PatientBirthDate, ds.AccessionNumber = secrets["birth"], secrets["accession"]
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    plain = _save(marked(1), tmp_path / "plain.dcm")
+    blank = _save(marked(2, WindowCenter="1e400"), tmp_path / "blank.dcm")
+    lateral = _save(marked(3, ViewPosition="LL"), tmp_path / "lateral.dcm")
+    nopix = _save(marked(4), tmp_path / "nopix.dcm")
+    without = dcmread(nopix)
+    del without.PixelData
+    without.save_as(nopix, enforce_file_format=True)
+    # A UI element whose value is the patient's name: a validator quoting it would leak it.
+    bad_ui = tmp_path / "bad-ui.dcm"
+    source = _save(marked(5), tmp_path / "source.dcm")  # its own SOP Instance UID: not a resend of another
+    raw = source.read_bytes()
+    series = str(dcmread(source).SeriesInstanceUID).encode()
+    bad_ui.write_bytes(raw.replace(series, (b"ZEBRA^QUOKKA" + series)[:len(series)]))
+    # Bytes that stop parsing right after the patient module.
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(raw[:raw.index(secrets["accession"].encode()) + 40])
+
+    results = send_files([plain, blank, lateral, nopix], host="127.0.0.1", port=stack.dicom_port,
+                         called_aet=stack.ae_title, calling_aet="CXR_SENDER")
+    assert all(result.ok for result in results)
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the damaged files' bytes as they are
+    try:
+        ae = AE(ae_title="CXR_SENDER")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", stack.dicom_port, ae_title=stack.ae_title)
+        assert assoc.is_established
+        try:
+            for path in (bad_ui, cut):
+                assoc.send_c_store(path)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    for params in ({"q": "ZEBRA"}, {"q": secrets["id"]}, {"q": secrets["accession"]}):
+        stack.http.get("/api/worklist", params=params)
+        stack.http.get("/", params=params, headers={"Accept": "text/html"})
+    wait_until(lambda: stack.study(study_uid) and stack.study(study_uid)["status"] != "PENDING"
+               and len(stack.study(study_uid)["instances"]) == 5  # plain, blank, lateral, no pixels, bad UI
+               and all(i["status"] not in ("RECEIVED", "QUEUED", "PROCESSING")
+                       for i in stack.study(study_uid)["instances"]), 180, "every instance to be finished")
+    for name in ("listener", "worker", "web"):
+        text = stack.logs(name)
+        assert text, name
+        for kind, secret in secrets.items():
+            assert secret not in text and secret.replace("^", " ") not in text, (name, kind)
+        assert "ZEBRA" not in text and "QUOKKA" not in text, name
