@@ -179,3 +179,15 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class WorkerHeartbeat(Base):
+    """One row per worker process, refreshed while it runs: /healthz and /metrics tell a dead fleet from an idle
+    one (a worker that stops beating is gone, whatever its last task was)."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -184,6 +184,8 @@ def test_same_instance_six_times_leaves_one_row_one_result_and_its_flag(stack: S
     assert len(set(flags)) == 1, flags
     instances = stack.sql("SELECT id FROM instances WHERE sop_instance_uid = :uid", uid=str(ds.SOPInstanceUID))
     assert len(instances) == 1
+    health = stack.http.get("/healthz").json()
+    assert health["workers_alive"] == 1 and health["worker_last_seen_s"] < 15, health  # the worker's heartbeat
     results = stack.sql("SELECT score FROM results WHERE instance_id = :id", id=instances[0][0])
     assert len(results) == 1
 

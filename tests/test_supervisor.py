@@ -78,6 +78,7 @@ def test_serve_resumes_after_its_worker_is_killed_and_a_message_file_is_empty(tm
                                                                                   model_path: Path) -> None:
     """The probe's scenario: kill -9 of the embedded worker, then a 0-byte message in the queue. Work resumes
     without restarting ``serve``; kill -9 of ``serve`` then takes its worker with it."""
+    import httpx
     from sqlalchemy import create_engine, text
 
     from dicom_io.sender import send_files
@@ -124,6 +125,8 @@ def test_serve_resumes_after_its_worker_is_killed_and_a_message_file_is_empty(tm
         second = send(2)
         wait_until(lambda: done(second), 180, "the second instance, after the worker was killed")
         assert (queue / "unreadable" / empty.name).is_file()
+        health = httpx.get(f"http://127.0.0.1:{web_port}/healthz", timeout=10).json()
+        assert health["worker_restarts"] == 1 and health["workers_alive"] >= 1, health  # what happened meanwhile
         [restarted] = worker_pids()
         serve.send_signal(signal.SIGKILL)
         serve.wait(10)

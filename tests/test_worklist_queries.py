@@ -262,3 +262,20 @@ def test_migration_0002_keeps_rows_and_backfills_time_to_flag(backend: str, tmp_
         engine.dispose()
         assert entries["m.1"].time_to_flag_s == pytest.approx(42.5)
         assert entries["m.2"].time_to_flag_s is None and not entries["m.2"].read
+
+
+def test_worker_liveness_follows_heartbeats(sessions) -> None:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from db import heartbeats
+    from db.models import WorkerHeartbeat, utcnow
+
+    with sessions() as session:
+        assert heartbeats.liveness(session) == heartbeats.WorkerLiveness(alive=0, last_seen_s=None)
+    with sessions.begin() as session:
+        heartbeats.beat(session, "host:1", 1, utcnow())
+        session.add(WorkerHeartbeat(name="host:2", pid=2, started_at=utcnow() - timedelta(hours=1),
+                                    last_seen=utcnow() - timedelta(minutes=5)))  # died five minutes ago
+    with sessions() as session:
+        live = heartbeats.liveness(session)
+    assert live.alive == 1 and live.last_seen_s is not None and live.last_seen_s < 5

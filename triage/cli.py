@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 import uvicorn
@@ -53,7 +53,7 @@ def _wait_for_stop() -> None:
     stop.wait()
 
 
-def web_server(settings: Settings) -> uvicorn.Server:
+def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = None) -> uvicorn.Server:
     """The worklist server; refuses to leave loopback without an API token (the page shows patient data)."""
     from dicom_io.spool import disk_used_percent
     from worklist.app import create_app
@@ -64,7 +64,7 @@ def web_server(settings: Settings) -> uvicorn.Server:
     app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
                       api_tokens=settings.api_tokens, timezone=settings.timezone,
                       spool_disk_used=lambda: disk_used_percent(settings.spool_dir),
-                      disk_watermark_percent=settings.disk_watermark_percent)
+                      disk_watermark_percent=settings.disk_watermark_percent, worker_restarts=worker_restarts)
     config = uvicorn.Config(app_, host=settings.web_host, port=settings.web_port, log_level=settings.log_level.lower(),
                             ssl_certfile=settings.web_tls_cert, ssl_keyfile=settings.web_tls_key)
     logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers
@@ -91,7 +91,7 @@ def serve() -> None:
     try:
         console.print(f"worklist at http://{settings.web_host}:{settings.web_port}/  "
                       f"DICOM {settings.dicom_ae_title}@{settings.dicom_host}:{settings.dicom_port}")
-        web_server(settings).run()
+        web_server(settings, worker_restarts=lambda: len(worker.restarts)).run()
     finally:
         worker.stop()
         ingest.stop()

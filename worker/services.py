@@ -18,6 +18,7 @@ from worker.celery_app import create_celery
 from worker.config import WorkerConfig
 from worker.ingest import Ingestor
 from worker.outbox import OutboxSweeper, TaskPublisher
+from worker.heartbeat import Heartbeat
 from worker.queue_files import quarantine_unreadable_messages
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def run_worker(config: WorkerConfig, *, pool: str = "solo", concurrency: int = 1
     engine, sessions = open_database(config.database_url)  # migrate before tasks arrive
     path = checkpoint_path(config)
     register_model(sessions, config, read_metadata(path), file_sha256(path))  # the page knows it from the start
-    engine.dispose()
+    Heartbeat(sessions, hostname).start()  # in this (parent) process: /healthz counts the worker while it lives
     if config.uses_embedded_broker:
         quarantine_unreadable_messages(config.queue_dir)  # one empty message file would stop every start
     app = create_celery(config)

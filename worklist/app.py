@@ -16,10 +16,10 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import heartbeats
 from db.engine import make_engine, make_session_factory, migrate
 from worklist import api, metrics, pages, problems, schemas
 from worklist.auth import Tokens, identity, parse_tokens
@@ -50,13 +50,14 @@ def is_loopback_host(host_header: str) -> bool:
 
 def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", poll_interval_s: float = 2.0,
                model_card: Path | None = None, timezone: str = "UTC",
-               spool_disk_used: Callable[[], float] | None = None, disk_watermark_percent: float = 90.0) -> FastAPI:
+               spool_disk_used: Callable[[], float] | None = None, disk_watermark_percent: float = 90.0,
+               worker_restarts: Callable[[], int] | None = None) -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
     (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
     must only listen on loopback (``triage.cli.web_server`` enforces that). ``timezone`` (IANA) is the site's:
     the page shows times in it and the date filters of page and API count its days. With ``spool_disk_used``
     (percent of the spool's disk in use, from the composition root), /healthz and /metrics also report it against
-    ``disk_watermark_percent``."""
+    ``disk_watermark_percent``; ``worker_restarts`` (single-machine form) counts the worker's restarts."""
     engine = make_engine(database_url)
     migrate(engine)
     sessions: sessionmaker[Session] = make_session_factory(engine)
@@ -108,9 +109,9 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
              responses={503: {"content": {"application/problem+json": {}},
                               "description": "Database unreachable, or the spool's disk above its watermark"}},
              summary="Liveness, database reachability and spool disk space (no token needed)")
-    def healthz(db: Session = Depends(db_session)) -> dict[str, str]:
+    def healthz(db: Session = Depends(db_session)) -> dict[str, Any]:
         try:
-            db.execute(text("SELECT 1"))
+            workers = heartbeats.liveness(db)
         except SQLAlchemyError as exc:
             raise problems.Problem(503, "the database is unreachable") from exc
         if spool_disk_used is not None:
@@ -118,7 +119,8 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
             if used >= disk_watermark_percent:
                 raise problems.Problem(503, f"the spool's disk is {used:.1f}% used, at or above the "
                                             f"{disk_watermark_percent:g}% watermark: new images are refused")
-        return {"status": "ok"}
+        return {"status": "ok", "workers_alive": workers.alive, "worker_last_seen_s": workers.last_seen_s,
+                "worker_restarts": worker_restarts() if worker_restarts else None}
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},

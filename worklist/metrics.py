@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import heartbeats, queries
 
 LATENCY_BUCKETS_S = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600]
 SCORE_BUCKETS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
@@ -31,6 +31,9 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         with self.sessions() as session:
             snap = queries.metrics_snapshot(session, LATENCY_BUCKETS_S, SCORE_BUCKETS)
+            workers = heartbeats.liveness(session)
+        yield GaugeMetricFamily(f"{PREFIX}_workers_alive", "Worker processes whose heartbeat is recent (0: nothing "
+                                "is being classified).", value=workers.alive)
         yield CounterMetricFamily(f"{PREFIX}_instances_received", "Instances committed (C-STORE or import), "
                                   "resent copies included.", value=snap.received)
         processed = CounterMetricFamily(f"{PREFIX}_instances_processed",

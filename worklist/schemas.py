@@ -124,3 +124,8 @@ class Models(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+    workers_alive: int = Field(description="Worker processes that wrote their heartbeat in the last 15 s; 0 means "
+                                           "received images are not being classified")
+    worker_last_seen_s: float | None = Field(description="Seconds since any worker was last seen; null = never")
+    worker_restarts: int | None = Field(None, description="Times `cxr-triage serve` restarted its worker (single-"
+                                                          "machine form only)")
