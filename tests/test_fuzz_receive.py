@@ -7,6 +7,7 @@ from __future__ import annotations
 from io import BytesIO
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.errors import InvalidDicomError
@@ -43,6 +44,8 @@ def damaged(draw: st.DrawFn) -> bytes:
             del data[at:]
     return bytes(data)
 
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom says what it makes of each broken file
 
 FUZZ = settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 

@@ -115,6 +115,7 @@ def test_dcmtk_echo_and_store_over_tls(pki: dict[str, Path], chest_file: Path) -
 
 
 def test_the_web_server_speaks_https_with_a_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
     import threading
 
     import httpx
@@ -134,7 +135,8 @@ def test_the_web_server_speaks_https_with_a_certificate(tmp_path: Path, monkeypa
     thread.start()
     try:
         wait_for_port("127.0.0.1", port, 30)
-        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=str(cert), timeout=10).status_code == 200
+        trusted = ssl.create_default_context(cafile=str(cert))
+        assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trusted, timeout=10).status_code == 200
         with pytest.raises(httpx.HTTPError):  # no plain HTTP on the same port
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     finally:
