@@ -48,6 +48,11 @@ def validation_report(run: Path, checkpoint: Path, threshold: float | None = Non
     labels = np.array([s.label for s in samples])
     used = loaded.metadata.threshold if threshold is None else threshold
     checks = population_metrics(scores, samples)
+    for site, entry in checks["sites"].items():  # sensitivity / specificity per site at the operating point
+        for label, name in ((0, "negative"), (1, "positive")):
+            chosen = np.array([s.site == site and s.label == label for s in samples])
+            if name in entry:
+                entry[name]["flagged"] = int((scores[chosen] >= used).sum())
     populations = {}
     for population in sorted({s.population for s in samples}):
         chosen = np.array([s.population == population for s in samples])
