@@ -55,3 +55,14 @@ def test_waiting_tasks_are_left_alone_and_lost_ones_published_at_once(
     assert patient.publish.queue_depth(queue) == 3
     with patient.publish.celery.connection_for_write() as connection:
         connection.default_channel.queue_purge(queue)
+
+
+def test_task_retries_follow_the_setting(tmp_path: Path) -> None:
+    import worker.tasks  # noqa: F401  (registers the task, as the worker's include does)
+    from worker.celery_app import CLASSIFY_TASK
+
+    config = WorkerConfig(database_url="unused", broker_url="filesystem://localhost//", spool_dir=tmp_path / "s",
+                          rejected_dir=tmp_path / "r", queue_dir=tmp_path / "q", model_path=None,
+                          model_cache_dir=tmp_path / "m", max_retries=3)
+    celery = create_celery(config)
+    assert celery.tasks[CLASSIFY_TASK].max_retries == 3

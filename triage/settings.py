@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(
         600.0, description="An instance queued or in progress this long without a result is enqueued again."
     )
-    task_max_retries: int = 5
+    task_max_retries: int = Field(8, ge=0, description="Retries of a task while the database is unreachable "
+                                                        "(exponential back-off, at most 300 s apart).")
     disk_watermark_percent: float = Field(
         90.0, gt=0, le=100, description="Above this share of the spool's disk in use, C-STOREs are refused with "
                                         "0xA700 (the sender retries) and /healthz answers 503.")

@@ -22,7 +22,7 @@ class WorkerConfig:
     received_grace_s: float = 5.0
     sweep_interval_s: float = 10.0
     max_attempts: int = 3  # claims per received copy before it is a poison message
-    max_retries: int = 5
+    max_retries: int = 8  # task retries while the database is away (back-off up to 300 s between tries)
     previews_dir: Path | None = None  # where the worker writes preview and heat map PNGs; None = none written
     disk_watermark_percent: float = 90.0  # above this share of the spool's disk in use, C-STOREs get 0xA700
 

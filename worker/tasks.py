@@ -14,6 +14,11 @@ class PipelineTask(Task):
 
     _pipeline: Pipeline | None = None
 
+    @property  # type: ignore[override]
+    def max_retries(self) -> int:
+        """Retries while the database is away (TRIAGE_TASK_MAX_RETRIES), read from the worker's configuration."""
+        return int(self.app.conf.triage.max_retries)
+
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
@@ -31,7 +36,6 @@ class PipelineTask(Task):
     retry_backoff=True,
     retry_backoff_max=300,
     retry_jitter=True,
-    max_retries=8,
 )
 def classify_instance(self: PipelineTask, instance_id: int, receive_count: int | None = None) -> None:
     self.pipeline.process(instance_id, receive_count)
