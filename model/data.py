@@ -26,6 +26,9 @@ from model.folders import DEFAULT_IGNORED, DEFAULT_NEGATIVE, DEFAULT_POSITIVE, U
 from model.preprocess import PreprocessSpec, normalize, stretch
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
+__all__ = ["DEFAULT_IGNORED", "DEFAULT_NEGATIVE", "DEFAULT_POSITIVE", "UnmappedFolderError"]  # re-exported
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path
