@@ -233,7 +233,9 @@ class ListenerConfig:
     allowed_calling_aets: list[str]
     accept_secondary_capture: bool = True
     max_associations: int = 25  # concurrent; pynetdicom's silent default is 10 (IHE/MIG deployments expect ~25)
-    max_pdu_size: int = 0  # bytes we accept per PDU; 0 = no limit (fewer, larger PDUs for 10 MB radiographs)
+    # Bytes we accept per PDU: large enough for few PDUs per radiograph, small enough that a slow link still
+    # completes one well within the data-stall timeout (a sender may otherwise put a 100 MB image in one PDU).
+    max_pdu_size: int = 4 * 1024 * 1024
     acse_timeout_s: float = 30.0  # association negotiation
     dimse_timeout_s: float = 30.0  # waiting for a DIMSE message
     network_timeout_s: float = 60.0  # an idle association is released after this

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     )
     accept_secondary_capture: bool = True
     dicom_max_associations: int = Field(25, ge=1, description="Concurrent DICOM associations; more are rejected.")
-    dicom_max_pdu_size: int = Field(0, ge=0, description="Largest PDU we accept, in bytes; 0 = no limit.")
+    dicom_max_pdu_size: int = Field(4 * 1024 * 1024, ge=0, description="Largest PDU we accept, in bytes (0 = no "
+                                    "limit); with the data-stall timeout it bounds how slow a link may be.")
     dicom_acse_timeout_s: float = Field(30.0, gt=0, description="Association negotiation timeout.")
     dicom_dimse_timeout_s: float = Field(30.0, gt=0, description="Timeout waiting for a DIMSE message.")
     dicom_network_timeout_s: float = Field(60.0, gt=0, description="An idle association is released after this.")
