@@ -23,7 +23,9 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: Linux sends SIGTERM when the parent dies (elsewhere: nothing, best effort)."""
+    """In the child, before exec: Linux sends SIGTERM when the parent dies (elsewhere: nothing, best effort).
+    Linux counts the *thread* that started the child as its parent: the supervisor's watch thread, which lives as
+    long as the supervision does."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
