@@ -8,11 +8,11 @@ from pydicom.dataset import Dataset
 
 from dicom_io.sop_classes import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE_SOP_CLASSES
 
-CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "CXR", "TORAX", "THORAX", "POUMON", "BRUST")
+CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "CXR", "TORAX", "POUMON", "BRUST")
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 FRONTAL_VIEWS = {"PA", "AP"}
 
-# Stable reason codes (shown on the worklist, returned by the API).
+# Stable reason codes (shown on the worklist, returned by the API); their words live in worklist.presentation.
 LATERAL_VIEW = "LATERAL_VIEW"
 NOT_CHEST = "NOT_CHEST"
 MULTIFRAME = "MULTIFRAME"
@@ -20,17 +20,6 @@ NO_PIXEL_DATA = "NO_PIXEL_DATA"
 UNREADABLE_PIXEL_DATA = "UNREADABLE_PIXEL_DATA"
 UNSUPPORTED_SOP_CLASS = "UNSUPPORTED_SOP_CLASS"
 BLANK_IMAGE = "BLANK_IMAGE"
-
-REASON_TEXT = {
-    LATERAL_VIEW: "lateral view",
-    NOT_CHEST: "not a chest image",
-    MULTIFRAME: "multi-frame image",
-    NO_PIXEL_DATA: "no pixel data",
-    UNREADABLE_PIXEL_DATA: "unreadable pixel data",
-    UNSUPPORTED_SOP_CLASS: "not a radiograph",
-    BLANK_IMAGE: "blank or constant image",
-}
-
 
 @dataclass(frozen=True)
 class Assessment:

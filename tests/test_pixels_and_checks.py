@@ -110,3 +110,16 @@ def test_a_blank_display_ends_with_a_reason_not_a_score(changes: dict[str, objec
         display_image(ds)
     assert raised.value.reason == "BLANK_IMAGE"
     display_image(chest_dataset(rows=64, columns=48))  # the same film with sane values is an image
+
+
+def test_every_reason_code_has_its_words_on_the_worklist() -> None:
+    """The codes are made in dicom_io and the worker; the page, API and CLI show them with words from one table."""
+    import dicom_io.checks
+    import dicom_io.display
+    import worker.pipeline
+    from worklist.presentation import REASON_TEXT
+
+    codes = {value for module in (dicom_io.checks, dicom_io.display, worker.pipeline)
+             for name, value in vars(module).items() if isinstance(value, str) and name == value and name.isupper()}
+    assert {"LATERAL_VIEW", "BLANK_IMAGE", "TOO_MANY_ATTEMPTS"} <= codes
+    assert codes - set(REASON_TEXT) == set()

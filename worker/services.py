@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -29,12 +28,6 @@ def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
     engine = make_engine(url)
     migrate(engine)
     return engine, make_session_factory(engine)
-
-
-@dataclass
-class ImportReport:
-    committed: int = 0
-    refused: int = 0
 
 
 class IngestService:
