@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import WorkerHeartbeat, utcnow
+from db.models import WorkerHeartbeat, as_utc, utcnow
 
 HEARTBEAT_INTERVAL_S = 5.0  # how often a worker writes its row
 ALIVE_WITHIN_S = 3 * HEARTBEAT_INTERVAL_S  # a worker seen this recently counts as alive
@@ -30,12 +30,6 @@ class WorkerLiveness:
 
 def liveness(session: Session, alive_within_s: float = ALIVE_WITHIN_S) -> WorkerLiveness:
     now = utcnow()
-    seen = [_aware(value) for value in session.scalars(select(WorkerHeartbeat.last_seen))]
-    ages = [(now - value).total_seconds() for value in seen]
+    seen = session.scalars(select(WorkerHeartbeat.last_seen))
+    ages = [(now - as_utc(value)).total_seconds() for value in seen]  # type: ignore[operator]
     return WorkerLiveness(alive=sum(age <= alive_within_s for age in ages), last_seen_s=min(ages) if ages else None)
-
-
-def _aware(value: datetime) -> datetime:
-    from datetime import timezone
-
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import (AuditEvent, Instance, InstanceStatus, ModelVersion, Rejection, Result, Study, StudyStatus,
-                       utcnow)
+                       as_utc, utcnow)
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,6 @@ class Outcome:
     model_sha256: str | None = None
     preview_path: str | None = None  # PNG of the display image the model saw (worker.previews)
     heatmap_path: str | None = None  # PNG of the Grad-CAM overlay
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def _get_or_create_study(session: Session, record: ReceivedRecord) -> Study:
@@ -236,7 +229,7 @@ def refresh_study(session: Session, study_id: int) -> None:
     study.flagged_at = utcnow()
     # Receive→result latency from the study's latest receive: a copy resent hours later measures the system,
     # not the hours in between.
-    latest = max((_aware(i.received_at) for i in instances), default=None)  # type: ignore[type-var]
+    latest = max((as_utc(i.received_at) for i in instances), default=None)  # type: ignore[type-var]
     study.time_to_flag_s = max(0.0, (study.flagged_at - latest).total_seconds()) if latest else None
 
 
@@ -465,13 +458,13 @@ def _entry(study: Study, images: int, failed: int, trained: bool | None) -> Work
         model_version=study.model_version,
         model_sha256=study.model_sha256,
         model_trained=trained,
-        received_at=_aware(study.received_at),  # type: ignore[arg-type]
-        flagged_at=_aware(study.flagged_at),
+        received_at=as_utc(study.received_at),  # type: ignore[arg-type]
+        flagged_at=as_utc(study.flagged_at),
         images=images,
         state=_state(study, images, failed),
         failed_images=failed,
         time_to_flag_s=study.time_to_flag_s,
-        read_at=_aware(study.read_at),
+        read_at=as_utc(study.read_at),
         read_by=study.read_by,
     )
 
@@ -543,8 +536,8 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
             "model_version": i.model_version,
             "model_sha256": i.model_sha256,
             "receive_count": i.receive_count,
-            "received_at": _aware(i.received_at).isoformat(),  # type: ignore[union-attr]
-            "finished_at": _aware(i.finished_at).isoformat() if i.finished_at else None,
+            "received_at": as_utc(i.received_at).isoformat(),  # type: ignore[union-attr]
+            "finished_at": as_utc(i.finished_at).isoformat() if i.finished_at else None,
             "has_preview": bool(i.preview_path),
             "has_heatmap": bool(i.heatmap_path),
         })
@@ -586,7 +579,7 @@ def audit_events(session: Session, *, study_uid: str | None = None, limit: int =
     if study_uid is not None:
         query = query.where(AuditEvent.study_instance_uid == study_uid)
     return [
-        {"at": _aware(e.at).isoformat(), "actor": e.actor, "action": e.action,  # type: ignore[union-attr]
+        {"at": as_utc(e.at).isoformat(), "actor": e.actor, "action": e.action,  # type: ignore[union-attr]
          "study_uid": e.study_instance_uid, "detail": e.detail}
         for e in session.scalars(query)
     ]
@@ -611,7 +604,7 @@ def model_versions(session: Session) -> list[dict[str, Any]]:
             "version": m.version,
             "trained": m.trained,
             "threshold": m.threshold,
-            "registered_at": _aware(m.registered_at).isoformat(),  # type: ignore[union-attr]
+            "registered_at": as_utc(m.registered_at).isoformat(),  # type: ignore[union-attr]
             "studies": int(in_use.get(m.sha256, 0)),
             "metadata": m.metadata_json,
         }
