@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import AuditEvent, WebSession, utcnow
+from db.queries import record_audit
 
 LOGIN_FAILED = "login_failed"
 
@@ -42,7 +43,7 @@ def end_session(session: Session, token: str | None) -> None:
 
 def record_failed_login(session: Session, client: str) -> None:
     """Audited like every read: who is unknown, so the row names the client address (never the token tried)."""
-    session.add(AuditEvent(actor="unknown", action=LOGIN_FAILED, detail=f"client {client}"[:512]))
+    record_audit(session, actor="unknown", action=LOGIN_FAILED, detail=f"client {client}")
 
 
 def recent_failed_logins(session: Session, client: str, since: datetime) -> int:
