@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -159,9 +159,7 @@ class StoreHandler:
         self.watchdog = watchdog
 
     def __call__(self, event: Event) -> int:
-        if self.watchdog is None:
-            return self._store(event)
-        with self.watchdog.our_turn(event.assoc):
+        with self.watchdog.our_turn(event.assoc) if self.watchdog else nullcontext():
             return self._store(event)
 
     def _store(self, event: Event) -> int:
