@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from model.checkpoint import CheckpointMetadata, save_checkpoint
 from model.data import (AugmentSpec, Sample, analysable, augment_batch, cached_dataset, deduplicate, discover,
                         displays_from_cache, patient_split, resize_batch, sampling_weights)
-from model.inference import positive_probabilities
+from model.inference import pick_device, positive_probabilities
 from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
 from model.network import ARCHITECTURE, build_network
 from model.precision import autocast_dtype, precision_name
@@ -319,7 +319,7 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
     logger = EpochLog(config.out)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     data = prepare_data(config, logger)
@@ -522,9 +522,8 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         "augmentation": asdict(config.augmentation) if config.augment else None,
         "horizontal_flip": False, "init": str(config.init_weights) if config.init_weights else "random",
         "seed": config.seed, "stop_reason": stop_reason, "wall_minutes": round(wall_seconds / 60, 1),
-        "device": config.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        "precision": precision_name(autocast_dtype(torch.device(config.device or ("cuda" if torch.cuda.is_available()
-                                                                                   else "cpu")), config.allow_bf16)),
+        "device": str(pick_device(config.device)),
+        "precision": precision_name(autocast_dtype(pick_device(config.device), config.allow_bf16)),
         "sampling": config.balance, "images_per_epoch": config.epoch_images or data["summary"]["train_images"],
         "equalize": config.equalize,
     }
