@@ -15,6 +15,37 @@ from dicom_io.synthetic import chest_dataset
 from peers import free_port
 
 
+def _encoded(**attributes: object) -> bytes:
+    """A small synthetic chest instance, ``attributes`` set on it, as the bytes a C-STORE delivers."""
+    from io import BytesIO
+
+    ds = chest_dataset(rows=16, columns=16)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _received(data: bytes) -> ReceivedInstance:
+    from dicom_io.listener import parse_received
+
+    return ReceivedInstance(data, parse_received(data), "SENDER", "127.0.0.1:1")
+
+
+def _store_one(config: ListenerConfig, receiver: object, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Start a listener, C-STORE one chest file to it, stop it; the SendResult."""
+    listener = Listener(config, receiver)  # type: ignore[arg-type]
+    listener.start()
+    try:
+        path = tmp_path / "cr.dcm"
+        chest_dataset().save_as(path, enforce_file_format=True)
+        [result] = send_files([path], host="127.0.0.1", port=listener.port, called_aet="CXR_TRIAGE")
+    finally:
+        listener.stop()
+    return result
+
+
 def test_spool_write_replaces_atomically(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     first = spool.write("1.2.3", b"first")
@@ -54,39 +85,20 @@ class FullReceiver:
 
 def test_listener_answers_out_of_resources_when_commit_fails(tmp_path: Path) -> None:
     receiver = FullReceiver()
-    listener = Listener(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), []), receiver)
-    listener.start()
-    try:
-        path = tmp_path / "cr.dcm"
-        chest_dataset().save_as(path, enforce_file_format=True)
-        [result] = send_files([path], host="127.0.0.1", port=listener.port, called_aet="CXR_TRIAGE")
-    finally:
-        listener.stop()
+    result = _store_one(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), []), receiver, tmp_path)
     assert result.status == STATUS_OUT_OF_RESOURCES
     assert len(receiver.attempts) == 1
     assert receiver.attempts[0].data[128:132] == b"DICM"  # the encoded file exactly as a spool would take it
 
 
 def test_header_drops_nul_characters_and_refuses_overlong_uids() -> None:
-    from io import BytesIO
-
     from dicom_io.header import InvalidIdentifier
     from dicom_io.listener import parse_received
-    from dicom_io.synthetic import chest_dataset
 
-    def encoded(ds) -> bytes:  # type: ignore[no-untyped-def]
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
-
-    ds = chest_dataset(rows=16, columns=16)
-    ds.PatientName = "DOE\x00^JANE\x00"
-    assert parse_received(encoded(ds)).patient_name == "DOE^JANE"
+    assert parse_received(_encoded(PatientName="DOE\x00^JANE\x00")).patient_name == "DOE^JANE"
     for keyword in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        ds = chest_dataset(rows=16, columns=16)
-        setattr(ds, keyword, "1.2." + "3" * 70)
         with pytest.raises(InvalidIdentifier, match=keyword):
-            parse_received(encoded(ds))
+            parse_received(_encoded(**{keyword: "1.2." + "3" * 70}))
 
 
 def test_a_slow_drip_sender_is_cut_off_and_the_association_limit_holds() -> None:
@@ -156,33 +168,21 @@ class SlowReceiver:
 
 def test_a_slow_commit_is_not_taken_for_a_stalled_sender(tmp_path: Path) -> None:
     receiver = SlowReceiver(pause_s=2.5)
-    listener = Listener(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), [], data_stall_timeout_s=1.0),
-                        receiver)
-    listener.start()
-    try:
-        path = tmp_path / "cr.dcm"
-        chest_dataset().save_as(path, enforce_file_format=True)
-        [result] = send_files([path], host="127.0.0.1", port=listener.port, called_aet="CXR_TRIAGE")
-    finally:
-        listener.stop()
+    result = _store_one(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), [], data_stall_timeout_s=1.0),
+                        receiver, tmp_path)
     assert result.ok and len(receiver.committed) == 1
 
 
 def test_a_refused_new_instance_leaves_no_spool_file_and_a_known_one_keeps_its_copy(tmp_path: Path) -> None:
-    from io import BytesIO
-
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    from dicom_io.listener import parse_received
     from worker.ingest import Ingestor
 
     broken = sessionmaker(create_engine(f"sqlite:///{tmp_path / 'no-such-folder' / 'x.sqlite3'}"))
     spool = Spool(tmp_path / "spool")
     ingestor = Ingestor(spool, broken, tmp_path / "rejected", publish=lambda item: None)
-    buffer = BytesIO()
-    chest_dataset(rows=16, columns=16).save_as(buffer, enforce_file_format=True)
-    instance = ReceivedInstance(buffer.getvalue(), parse_received(buffer.getvalue()), "SENDER", "127.0.0.1:1")
+    instance = _received(_encoded())
     with pytest.raises(OutOfResources):
         ingestor.commit(instance)
     assert not spool.path_for(instance.header.sop_instance_uid).exists()  # 0xA700 leaves nothing behind
@@ -193,11 +193,8 @@ def test_a_refused_new_instance_leaves_no_spool_file_and_a_known_one_keeps_its_c
 
 
 def test_above_the_disk_watermark_c_stores_are_refused_before_the_disk_is_full(tmp_path: Path) -> None:
-    from io import BytesIO
-
     from sqlalchemy.orm import sessionmaker
 
-    from dicom_io.listener import parse_received
     from dicom_io.spool import disk_used_percent
     from worker.ingest import Ingestor
 
@@ -207,9 +204,7 @@ def test_above_the_disk_watermark_c_stores_are_refused_before_the_disk_is_full(t
     never_used = sessionmaker()  # the refusal comes before any database work
     ingestor = Ingestor(spool, never_used, tmp_path / "rejected", publish=lambda item: None,
                         disk_watermark_percent=max(used - 1, 0.01))
-    buffer = BytesIO()
-    chest_dataset(rows=16, columns=16).save_as(buffer, enforce_file_format=True)
-    instance = ReceivedInstance(buffer.getvalue(), parse_received(buffer.getvalue()), "SENDER", "127.0.0.1:1")
+    instance = _received(_encoded())
     with pytest.raises(OutOfResources, match="watermark"):
         ingestor.commit(instance)
     assert not spool.path_for(instance.header.sop_instance_uid).exists()

@@ -16,6 +16,14 @@ from triage.supervisor import WorkerSupervisor
 from worker.queue_files import quarantine_unreadable_messages
 
 
+def _ended(pid: int) -> bool:
+    """The process is gone, or a zombie (which only waits for its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def test_unreadable_queue_messages_are_set_aside_and_readable_ones_kept(tmp_path: Path) -> None:
     old = time.time() - 60
     empty, cut, good, fresh = (tmp_path / f"{name}.triage.msg" for name in ("empty", "cut", "good", "fresh"))
@@ -60,16 +68,7 @@ def test_no_worker_outlives_its_parent_even_after_sigkill(tmp_path: Path) -> Non
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
 
-        def child_gone() -> bool:
-            try:
-                os.kill(child_pid, 0)
-            except ProcessLookupError:
-                return True
-            status = Path(f"/proc/{child_pid}/stat").read_text().split()[2] if Path(f"/proc/{child_pid}").exists() \
-                else "X"
-            return status in ("Z", "X")  # a zombie waits only for its reaper
-
-        wait_until(child_gone, 10, "the orphaned child to end")
+        wait_until(lambda: _ended(child_pid), 10, "the orphaned child to end")
     finally:
         parent.kill()
 
@@ -130,15 +129,7 @@ def test_serve_resumes_after_its_worker_is_killed_and_a_message_file_is_empty(tm
         [restarted] = worker_pids()
         serve.send_signal(signal.SIGKILL)
         serve.wait(10)
-
-        def gone() -> bool:
-            try:
-                state = Path(f"/proc/{restarted}/stat").read_text().split()[2]
-            except FileNotFoundError:
-                return True
-            return state in ("Z", "X")
-
-        wait_until(gone, 30, "the worker to end with its parent")
+        wait_until(lambda: _ended(restarted), 30, "the worker to end with its parent")
     finally:
         serve.kill()
         log.close()
