@@ -287,6 +287,14 @@ def selection_mask(samples: Sequence[Sample]) -> np.ndarray:
     return np.ones(len(samples), dtype=bool)
 
 
+def selection_score(by_population: dict[str, Any], fallback: float) -> float:
+    """What chooses the best epoch: the mean AUC over the populations that hold both classes (adult and
+    pediatric), so an epoch that gains on adults by losing children does not win; ``fallback`` (the AUC on the
+    selection mask) where fewer than two populations can be scored."""
+    aucs = [entry["auc"] for entry in by_population["populations"].values() if entry["auc"] is not None]
+    return float(np.mean(aucs)) if len(aucs) >= 2 else fallback
+
+
 @dataclass(frozen=True)
 class BatchProgress:
     """Where a run stands after one training batch, for a progress bar."""
@@ -445,15 +453,19 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
         threshold = threshold_for_sensitivity(scores[selected], val_labels[selected], config.target_sensitivity)
         predicted = scores[selected] >= threshold
         specificity = float(np.mean(~predicted[val_labels[selected] == 0]))
-        improved = auc > best["auc"]
-        epochs_without_gain = 0 if improved else epochs_without_gain + 1
+        # The checkpoint's input is the last stage's size (the design fixes it at 224), so only epochs at that
+        # size compete; smaller sizes are the fast way there.
+        score = selection_score(by_population, auc)
+        improved = size == plan[-1][0] and score > best.get("score", best["auc"])
+        epochs_without_gain = 0 if improved or size != plan[-1][0] else epochs_without_gain + 1
         record = {"epoch": epoch + 1, "size": size, "fraction": fraction, "steps": step, "lr_end": lr,
                   "train_loss": loss_sum / max(seen, 1), "train_images": seen,
                   "train_seconds": round(train_seconds, 1), "train_images_per_s": seen / train_seconds,
                   "val_seconds": round(val_seconds, 1), "val_auc": auc,
                   "val_threshold_at_target": threshold, "val_specificity_at_target": specificity,
                   "val_accuracy_at_0.5": float(np.mean((scores >= 0.5) == (val_labels == 1))),
-                  "val_auc_all": roc_auc(scores, val_labels), "val_by_population": by_population,
+                  "val_auc_all": roc_auc(scores, val_labels), "val_selection_score": score,
+                  "val_by_population": by_population,
                   "improved": improved, "epochs_without_gain": epochs_without_gain,
                   "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         history.append(record)
@@ -465,7 +477,7 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
                     f"{val_seconds / 60:.1f} min){' *best*' if improved else ''}")
         np.save(config.out / f"val_scores_epoch{epoch + 1}.npy", scores)
         if improved:
-            best = {"auc": auc, "epoch": epoch + 1, "size": size}
+            best = {"auc": auc, "score": score, "epoch": epoch + 1, "size": size}
             torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, config.out / "best.pt")
             np.save(config.out / "best_val_scores.npy", scores)
         torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,

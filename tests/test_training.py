@@ -199,6 +199,34 @@ def test_tiny_separable_set_trains_to_high_validation_auc(tiny_run: dict) -> Non
     assert "val AUC" in (run / "train.log").read_text()
 
 
+def test_only_epochs_at_the_final_size_compete_for_the_checkpoint(tiny_run: dict, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from model.train import parse_stages, train
+
+    config = replace(tiny_run["config"], out=tmp_path / "run", output=tmp_path / "m.safetensors",
+                     stages=parse_stages("32:2,40:1"), min_auc=0.0, bootstrap=10)
+    summary = train(config)
+    assert [h["size"] for h in summary["history"]] == [32, 32, 40]
+    assert summary["best"]["epoch"] == 3 and summary["best"]["size"] == 40  # even if a 32 px epoch scored higher
+    assert read_input_size(config.output) == 40
+
+
+def read_input_size(path: Path) -> int:
+    from model.checkpoint import read_metadata
+
+    return read_metadata(path).input_size
+
+
+def test_selection_score_weighs_adults_and_children_alike() -> None:
+    from model.train import selection_score
+
+    both = {"populations": {"adult": {"auc": 0.80}, "pediatric": {"auc": 0.96}}}
+    assert selection_score(both, fallback=0.5) == pytest.approx(0.88)
+    one = {"populations": {"adult": {"auc": 0.80}, "pediatric": {"auc": None}}}
+    assert selection_score(one, fallback=0.77) == pytest.approx(0.77)
+
+
 def test_tiny_checkpoint_carries_threshold_metrics_and_its_input_size(tiny_run: dict) -> None:
     from model.checkpoint import read_metadata
 
