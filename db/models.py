@@ -76,8 +76,12 @@ class Study(Base):
     # A radiologist marked it read: it drops to the bottom of its group (flagged or not) and never disappears.
     read_at: Mapped[datetime | None] = mapped_column(nullable=True)
     read_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Set when the study reaches a final result; the reporter clears it once that result has a report version
+    # (or is the same as the last one), so it only ever looks at studies whose result may have changed.
+    report_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0", index=True)
 
     instances: Mapped[list["Instance"]] = relationship(back_populates="study", order_by="Instance.id")
+    reports: Mapped[list["StudyReport"]] = relationship(back_populates="study", order_by="StudyReport.version")
 
 
 class Instance(Base):
@@ -198,3 +202,55 @@ class WorkerHeartbeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class DeliveryStatus(str, enum.Enum):
+    PENDING = "PENDING"  # waiting for its next attempt (next_attempt_at)
+    SENDING = "SENDING"  # claimed by a reporter until claimed_until (a crash makes it due again after that)
+    DELIVERED = "DELIVERED"  # the destination acknowledged it
+    DEAD = "DEAD"  # the last attempt failed: the dead-letter record, shown on the study page and in /metrics
+    SUPERSEDED = "SUPERSEDED"  # a newer version of the study's report replaced it before it could be delivered
+
+
+class StudyReport(Base):
+    """One version of a study's result as it goes back to the PACS and RIS: the snapshot it was built from and the
+    SR file written once, so every destination and every retry gets the same bytes and the same SOP Instance UID."""
+
+    __tablename__ = "study_reports"
+    __table_args__ = (UniqueConstraint("study_id", "version", name="uq_study_reports_study_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, … a later one replaces the earlier
+    signature: Mapped[str] = mapped_column(String(64))  # sha256 of the snapshot: same result, no new version
+    snapshot: Mapped[dict] = mapped_column(JSON)  # study score/flag/threshold/model and each image's outcome
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    files: Mapped[list] = mapped_column(JSON)  # the SR file first, then the heat-map capture if one was made
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="reports")
+    deliveries: Mapped[list["Delivery"]] = relationship(back_populates="report", order_by="Delivery.id")
+
+
+class Delivery(Base):
+    """The outbox of results: one row per (report version, destination), retried with back-off until delivered
+    or dead."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("report_id", "destination", name="uq_deliveries_report_destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("study_reports.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # dicom (C-STORE), stow (DICOMweb STOW-RS), hl7 (ORU over MLLP)
+    destination: Mapped[str] = mapped_column(String(512))  # AET@host:port, the STOW URL, or host:port
+    status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "delivery_status"),
+                                                   default=DeliveryStatus.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # technical, never patient data
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    report: Mapped[StudyReport] = relationship(back_populates="deliveries")

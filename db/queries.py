@@ -227,6 +227,7 @@ def refresh_study(session: Session, study_id: int) -> None:
         study.status = StudyStatus.NOT_ANALYSED
         study.reason = next((i.reason for i in instances if i.reason), None)
     study.flagged_at = utcnow()
+    study.report_due = True  # a final result: the reporter sends a new version after the quiet period if it changed
     # Receive→result latency from the study's latest receive: a copy resent hours later measures the system,
     # not the hours in between.
     latest = max((as_utc(i.received_at) for i in instances), default=None)  # type: ignore[type-var]

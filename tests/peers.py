@@ -276,13 +276,22 @@ class Orthanc:
     """A throw-away Orthanc on free loopback ports, storing under ``workdir``.
 
     ``modalities`` maps a modality id to ``(aet, host, port)`` for ``DicomModalities``.
+    ``extra_config`` is merged over the generated configuration, last (e.g. ``LuaScripts``,
+    ``Plugins``, ``DicomWeb``); relative paths in it are resolved by Orthanc from ``workdir``.
     Use as a context manager; a system Orthanc on 8042/4242 is left alone.
     """
 
-    def __init__(self, workdir: Path, modalities: Mapping[str, tuple[str, str, int]], aet: str = "ORTHANC"):
+    def __init__(
+        self,
+        workdir: Path,
+        modalities: Mapping[str, tuple[str, str, int]],
+        aet: str = "ORTHANC",
+        extra_config: Mapping[str, Any] | None = None,
+    ):
         self.workdir = Path(workdir)
         self.modalities = dict(modalities)
         self.aet = aet
+        self.extra_config = dict(extra_config or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.log_path = self.workdir / "orthanc.log"
@@ -309,6 +318,7 @@ class Orthanc:
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
             "Plugins": [],
             "SaveJobs": False,
+            **self.extra_config,  # last: a caller's key wins over the defaults above
         }
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))

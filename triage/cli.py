@@ -19,7 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from db import queries
-from triage.runtime import DropQueryStrings, configure_logging, listener_config, settings_env, worker_config
+from triage.runtime import (DropQueryStrings, configure_logging, listener_config, reporting_config, settings_env,
+                            worker_config)
 from triage.supervisor import WorkerSupervisor
 from triage.settings import Settings
 
@@ -84,7 +85,7 @@ def serve() -> None:
     from worker.services import IngestService
 
     settings = _settings()
-    ingest = IngestService(worker_config(settings), listener_config(settings))
+    ingest = IngestService(worker_config(settings), listener_config(settings), reporting_config(settings))
     ingest.start()
     worker = WorkerSupervisor(settings_env(settings))
     worker.start()
@@ -103,7 +104,7 @@ def listen() -> None:
     from worker.services import IngestService
 
     settings = _settings()
-    ingest = IngestService(worker_config(settings), listener_config(settings))
+    ingest = IngestService(worker_config(settings), listener_config(settings), reporting_config(settings))
     ingest.start()
     try:
         _wait_for_stop()

@@ -8,7 +8,7 @@ from ssl import SSLContext
 
 from dicom_io.listener import ListenerConfig
 from triage.settings import Settings
-from worker.config import WorkerConfig
+from worker.config import DicomDestination, HostPort, ReportingConfig, WorkerConfig
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -29,6 +29,30 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_retries=settings.task_max_retries,
         previews_dir=(settings.data_dir / "previews").resolve(),
         disk_watermark_percent=settings.disk_watermark_percent,
+    )
+
+
+def reporting_config(settings: Settings) -> ReportingConfig:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        software_version = version("cxr-triage")
+    except PackageNotFoundError:
+        software_version = "unknown"
+    return ReportingConfig(
+        reports_dir=(settings.data_dir / "reports").resolve(),
+        dicom_destinations=tuple(DicomDestination.parse(text) for text in settings.result_destinations),
+        stow_url=settings.result_stow_url,
+        hl7_destination=HostPort.parse(settings.hl7_destination) if settings.hl7_destination else None,
+        calling_ae_title=settings.dicom_ae_title,
+        quiet_s=settings.result_quiet_s,
+        heatmap=settings.result_heatmap,
+        max_attempts=settings.result_max_attempts,
+        retry_base_s=settings.result_retry_base_s,
+        hl7_sending_facility=settings.hl7_sending_facility,
+        hl7_receiving_application=settings.hl7_receiving_application,
+        hl7_receiving_facility=settings.hl7_receiving_facility,
+        software_version=software_version,
     )
 
 

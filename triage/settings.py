@@ -60,6 +60,23 @@ class Settings(BaseSettings):
     disk_watermark_percent: float = Field(
         90.0, gt=0, le=100, description="Above this share of the spool's disk in use, C-STOREs are refused with "
                                         "0xA700 (the sender retries) and /healthz answers 503.")
+    result_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="PACS destinations of the triage SR, comma-separated AET@host:port, "
+                                          "C-STOREd from dicom_ae_title; empty = no SR sent by C-STORE.")
+    result_stow_url: str = Field("", description="DICOMweb base URL (STOW-RS) that also receives the SR; empty = none.")
+    result_quiet_s: float = Field(30.0, ge=0, description="A study is reported once no new image of it arrived for "
+                                                          "this long; a later change sends a new SR version.")
+    result_heatmap: bool = Field(False, description="Also send the heat map as a Secondary Capture labelled not for "
+                                                    "diagnosis.")
+    result_max_attempts: int = Field(10, ge=1, description="Delivery attempts per destination before the delivery "
+                                                           "is dead-lettered (shown on the study page).")
+    result_retry_base_s: float = Field(10.0, gt=0, description="First retry delay; doubles per attempt, at most "
+                                                               "15 minutes.")
+    hl7_destination: str = Field("", description="host:port of the RIS's MLLP listener for the HL7 ORU^R01; "
+                                                 "empty = no HL7.")
+    hl7_sending_facility: str = ""
+    hl7_receiving_application: str = ""
+    hl7_receiving_facility: str = ""
     log_level: str = "INFO"
     timezone: str = Field("UTC", description="IANA time zone of the site (e.g. Europe/Berlin): times on the page "
                                              "and in the CLI, and the days of the date filters. Stored times are UTC.")
@@ -72,6 +89,34 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("result_destinations", mode="before")
+    @classmethod
+    def _split_destinations(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("result_destinations")
+    @classmethod
+    def _valid_destinations(cls, value: list[str]) -> list[str]:
+        from worker.config import DicomDestination
+
+        return [str(DicomDestination.parse(part)) for part in value]
+
+    @field_validator("hl7_destination")
+    @classmethod
+    def _valid_hl7_destination(cls, value: str) -> str:
+        from worker.config import HostPort
+
+        return str(HostPort.parse(value)) if value.strip() else ""
+
+    @field_validator("result_stow_url")
+    @classmethod
+    def _valid_stow_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
 
     @field_validator("timezone")
     @classmethod

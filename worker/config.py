@@ -29,3 +29,76 @@ class WorkerConfig:
     @property
     def uses_embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem")
+
+
+@dataclass(frozen=True)
+class DicomDestination:
+    """A PACS (or any storage SCP) the report is C-STOREd to, written ``AET@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "DicomDestination":
+        aet, sep, address = text.strip().partition("@")
+        host, colon, port = address.rpartition(":")
+        if not (sep and colon and aet and host and port.isdigit() and 0 < int(port) < 65536 and len(aet) <= 16):
+            raise ValueError(f"{text!r} is not AET@host:port (AE title of at most 16 characters, port 1-65535)")
+        return cls(aet, host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """An MLLP listener of the RIS, written ``host:port``."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "HostPort":
+        host, colon, port = text.strip().rpartition(":")
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"{text!r} is not host:port")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ReportingConfig:
+    """Where results go back to (PACS by C-STORE or STOW-RS, RIS by HL7) and how patiently."""
+
+    reports_dir: Path  # the SR (and heat-map) files, written once per report version
+    dicom_destinations: tuple[DicomDestination, ...] = ()
+    stow_url: str = ""
+    hl7_destination: HostPort | None = None
+    calling_ae_title: str = "CXR_TRIAGE"
+    quiet_s: float = 30.0  # no new image of the study for this long before its result is reported
+    heatmap: bool = False  # also send the heat map as a Secondary Capture, labelled not for diagnosis
+    max_attempts: int = 10  # then the delivery is dead-lettered
+    retry_base_s: float = 10.0  # back-off: base × 2^(attempt-1), at most retry_max_s
+    retry_max_s: float = 900.0
+    interval_s: float = 2.0  # how often the reporter looks for due studies and deliveries
+    send_timeout_s: float = 30.0
+    hl7_sending_facility: str = ""
+    hl7_receiving_application: str = ""
+    hl7_receiving_facility: str = ""
+    software_version: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dicom_destinations or self.stow_url or self.hl7_destination)
+
+    def destinations(self) -> list[tuple[str, str]]:
+        """(kind, destination) for every configured destination: one delivery row each."""
+        found = [("dicom", str(d)) for d in self.dicom_destinations]
+        if self.stow_url:
+            found.append(("stow", self.stow_url))
+        if self.hl7_destination is not None:
+            found.append(("hl7", str(self.hl7_destination)))
+        return found

@@ -14,7 +14,7 @@ from dicom_io.files import encoded_file
 from dicom_io.listener import Listener, ListenerConfig, OutOfResources, parse_received, ReceivedInstance
 from dicom_io.spool import Spool
 from worker.celery_app import create_celery
-from worker.config import WorkerConfig
+from worker.config import ReportingConfig, WorkerConfig
 from worker.ingest import Ingestor
 from worker.outbox import OutboxSweeper, TaskPublisher
 from worker.heartbeat import Heartbeat
@@ -33,7 +33,8 @@ def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
 class IngestService:
     """Everything that accepts instances: the DICOM listener, the file importer and the outbox sweeper."""
 
-    def __init__(self, config: WorkerConfig, listener_config: ListenerConfig | None = None) -> None:
+    def __init__(self, config: WorkerConfig, listener_config: ListenerConfig | None = None,
+                 reporting: ReportingConfig | None = None) -> None:
         self.config = config
         self.engine, self.sessions = open_database(config.database_url)
         self.celery = create_celery(config)
@@ -42,14 +43,23 @@ class IngestService:
                                  config.disk_watermark_percent)
         self.sweeper = OutboxSweeper(config, self.sessions, self.publisher)
         self.listener = Listener(listener_config, self.ingestor) if listener_config else None
+        self.reporter = None
+        if reporting is not None and reporting.enabled:
+            from worker.reporting import Reporter  # highdicom and the HL7 libraries only where results go back
+
+            self.reporter = Reporter(reporting, self.sessions)
 
     def start(self) -> None:
         if self.listener is not None:
             self.listener.start()
         self.sweeper.sweep_once()  # whatever a previous run left behind goes out first
         self.sweeper.start()
+        if self.reporter is not None:
+            self.reporter.start()
 
     def stop(self) -> None:
+        if self.reporter is not None:
+            self.reporter.stop()
         self.sweeper.stop()
         if self.listener is not None:
             self.listener.stop()

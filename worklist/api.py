@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
-from db import queries
+from db import queries, reports
 from worklist import schemas
 from worklist.auth import identity
 from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session, image_url
@@ -101,6 +101,7 @@ def study_body(db: Session, study_uid: str, prefix: str) -> dict[str, Any]:
     if detail is None:
         raise Problem(404, "study not found")
     detail.update(notices(db))
+    detail["reports"] = reports.study_reports(db, study_uid)
     for instance in detail["instances"]:
         sop = instance["sop_instance_uid"]
         instance["preview_url"] = image_url(prefix, study_uid, sop, "preview") if instance["has_preview"] else None

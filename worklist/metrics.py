@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import heartbeats, queries
+from db import heartbeats, queries, reports
 
 LATENCY_BUCKETS_S = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600]
 SCORE_BUCKETS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
@@ -32,6 +32,7 @@ class DatabaseCollector(Collector):
         with self.sessions() as session:
             snap = queries.metrics_snapshot(session, LATENCY_BUCKETS_S, SCORE_BUCKETS)
             workers = heartbeats.liveness(session)
+            deliveries = reports.delivery_counts(session)
         yield GaugeMetricFamily(f"{PREFIX}_workers_alive", "Worker processes whose heartbeat is recent (0: nothing "
                                 "is being classified).", value=workers.alive)
         yield CounterMetricFamily(f"{PREFIX}_instances_received", "Instances committed (C-STORE or import), "
@@ -62,6 +63,12 @@ class DatabaseCollector(Collector):
         for version, histogram in sorted(snap.scores.items()):
             scores.add_metric([version], _buckets(histogram), histogram.total)
         yield scores
+        sent = GaugeMetricFamily(f"{PREFIX}_result_deliveries", "Result deliveries to the PACS/RIS by kind (dicom, "
+                                 "stow, hl7) and state; dead ones need a person.", labels=["kind", "state"])
+        for kind in ("dicom", "stow", "hl7"):
+            for state in ("PENDING", "SENDING", "DELIVERED", "DEAD", "SUPERSEDED"):
+                sent.add_metric([kind, state.lower()], deliveries.get((kind, state), 0))
+        yield sent
         yield GaugeMetricFamily(f"{PREFIX}_untrained_model_in_use",
                                 "1 while the model in use has no training metadata (scores are meaningless).",
                                 value=1 if snap.untrained_in_use else 0)

@@ -82,11 +82,35 @@ class InstanceItem(BaseModel):
     heatmap_url: str | None
 
 
+class DeliveryItem(BaseModel):
+    kind: Literal["dicom", "stow", "hl7"] = Field(description="dicom: C-STORE of the SR; stow: DICOMweb STOW-RS; "
+                                                              "hl7: ORU^R01 over MLLP")
+    destination: str = Field(description="AET@host:port, the STOW URL, or host:port", examples=["PACS@10.0.0.5:104"])
+    status: Literal["PENDING", "SENDING", "DELIVERED", "DEAD", "SUPERSEDED"] = Field(
+        description="DEAD: every attempt failed (the dead-letter record); SUPERSEDED: a newer version replaced it "
+                    "before it was delivered")
+    attempts: int
+    next_attempt_at: datetime | None = Field(description="When a pending delivery is tried next")
+    delivered_at: datetime | None
+    last_error: str | None = Field(description="Why the last attempt failed (technical, no patient data)")
+
+
+class ReportItem(BaseModel):
+    version: int = Field(description="1, 2, …: a later version replaces the earlier one in the PACS and the RIS")
+    sr_sop_instance_uid: str
+    sr_series_instance_uid: str
+    created_at: datetime
+    flag: bool | None
+    score: float | None
+    deliveries: list[DeliveryItem]
+
+
 class StudyDetail(WorklistItem):
     notice: str
     untrained_model: bool
     model_warning: str | None
     instances: list[InstanceItem]
+    reports: list[ReportItem] = Field(description="The result as sent back to the PACS/RIS, newest version first")
 
 
 class ReadState(BaseModel):
