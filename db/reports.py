@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Delivery, DeliveryStatus, Instance, Study, StudyReport, StudyStatus, as_utc, utcnow
+from db.models import (Delivery, DeliveryStatus, Instance, ModelVersion, Study, StudyReport, StudyStatus, as_utc,
+                       utcnow)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ImageOutcome:
     score: float | None
     reason: str | None
     spool_path: str  # where its header is read from (not part of the signature)
+    heatmap_path: str | None = None  # the worker's Grad-CAM PNG, for the optional Secondary Capture (idem)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ResultSnapshot:
         content = asdict(self)
         for image in content["images"]:
             image.pop("spool_path")
+            image.pop("heatmap_path")
             image["score"] = None if image["score"] is None else round(image["score"], 6)
         content["score"] = None if self.score is None else round(self.score, 6)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
@@ -108,9 +111,14 @@ def snapshot(session: Session, study_id: int) -> ResultSnapshot | None:
     instances = session.scalars(select(Instance).where(Instance.study_id == study_id)
                                 .order_by(Instance.sop_instance_uid)).all()
     images = tuple(ImageOutcome(i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.status.value,
-                                i.score, i.reason, i.spool_path) for i in instances)
+                                i.score, i.reason, i.spool_path, i.heatmap_path) for i in instances)
+    version, sha256 = study.model_version, study.model_sha256
+    if sha256 is None:  # nothing was scored: the report still names the model the workers run
+        latest = session.execute(select(ModelVersion.version, ModelVersion.sha256)
+                                 .order_by(ModelVersion.registered_at.desc()).limit(1)).first()
+        version, sha256 = (latest[0], latest[1]) if latest else (None, None)
     return ResultSnapshot(study.study_instance_uid, study.status.value, study.score, study.threshold, study.flag,
-                          study.reason, study.model_version, study.model_sha256, images)
+                          study.reason, version, sha256, images)
 
 
 def previous_reports(session: Session, study_id: int) -> list[PreviousReport]:

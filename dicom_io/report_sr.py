@@ -1,8 +1,8 @@
 """The triage result of one study as a DICOM Structured Report, so the PACS shows it beside the images it describes.
 
-SOP class: Comprehensive 3D SR. IHE AI Results (AIR) encodes AI results as TID 1500 Measurement Reports in
-Comprehensive 3D SR, and highdicom builds that class directly; the tree holds no coordinates, so it would also be a
-valid Comprehensive SR, but AIR-aware viewers look for 3D SR when they list AI output.
+SOP class: Comprehensive 3D SR. IHE AI Results (AIR) has AI results encoded as TID 1500 Measurement Reports in the
+Comprehensive 3D SR SOP class, which highdicom builds directly (`highdicom.sr.Comprehensive3DSR`); this tree holds no
+coordinates and would be valid Comprehensive SR too, but following AIR is what AIR-conformant displays expect.
 
 Codes used (standard ones are taken from pydicom's copy of the DICOM code dictionary where it has them):
 
@@ -16,7 +16,8 @@ Codes used (standard ones are taken from pydicom's copy of the DICOM code dictio
 - scores: private 99CXRTRIAGE PNEUMONIA_SCORE "Pneumonia triage score" (a model output, not a calibrated
   probability), unit UCUM "1" "no units"; operating threshold: DCM 122411 "Threshold Value", unit UCUM "1";
 - image not analysed: private 99CXRTRIAGE NOT_ANALYSED "Image not analysed", valued with the worker's reason code
-  (LATERAL_VIEW, NOT_CHEST, ...) in the same private scheme, declared in CodingSchemeIdentificationSequence.
+  (LATERAL_VIEW, NOT_CHEST, ...) in the same private scheme, declared in CodingSchemeIdentificationSequence (a code
+  over 16 characters, such as UNREADABLE_PIXEL_DATA, goes in Long Code Value, as DICOM requires).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import numbers
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Sequence
@@ -35,7 +38,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM, validate_value
 
 PRIVATE_SCHEME = "99CXRTRIAGE"
@@ -78,6 +80,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
                         "StudyDate", "StudyTime", "ReferringPhysicianName")
 
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:cxr-triage:dicom-report")
 _HELD_BACK_NAMES = ("PatientName", "ReferringPhysicianName")
 
 logger = logging.getLogger(__name__)
@@ -122,12 +125,13 @@ class StudyResult:
     """The study's triage outcome: its score is the highest image score, flagged when at or above the threshold."""
 
     score: float | None  # study score = highest image score; None when no image could be analysed
-    threshold: float
+    threshold: float  # NaN allowed only without a score: no image was scored, so no operating point applied
     flagged: bool
     images: Sequence[ImageFinding]  # at least one
 
     def __post_init__(self) -> None:
-        _check_unit_interval("threshold", self.threshold)
+        if not (self.score is None and isinstance(self.threshold, numbers.Real) and math.isnan(self.threshold)):
+            _check_unit_interval("threshold", self.threshold)
         if not self.images:
             raise ValueError("a study result needs at least one image")
         if self.score is None:
@@ -140,13 +144,14 @@ class StudyResult:
 
 
 def _check_unit_interval(what: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 1.0):
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and 0.0 <= value <= 1.0):  # numpy floats too
         raise ValueError(f"{what} must be a finite number in [0, 1]")
 
 
 def _uid(*parts: str) -> str:
-    """A UID derived from the inputs, so the same report rebuilt carries the same tracking and device UIDs."""
-    return str(generate_uid(prefix=None, entropy_srcs=["cxr-triage report", *parts]))
+    """A name-based (UUID v5) UID from the inputs, so the same report rebuilt carries the same tracking and device
+    UIDs (pydicom's generate_uid ignores its entropy sources under the 2.25 root)."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
 
 
 def _reason_concept(reason: str) -> hd.sr.CodedConcept:
@@ -211,7 +216,8 @@ def _study_group(result: StudyResult, algorithm_id: hd.sr.AlgorithmIdentificatio
     else:
         presence = PRESENT if result.flagged else ABSENT
         measurements = [_score(result.score)]
-    measurements.append(hd.sr.Measurement(name=THRESHOLD_VALUE, value=float(result.threshold), unit=NO_UNITS))
+    if not math.isnan(result.threshold):
+        measurements.append(hd.sr.Measurement(name=THRESHOLD_VALUE, value=float(result.threshold), unit=NO_UNITS))
     scored = [image.source for image in result.images if image.score is not None]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(sop_instance_uid, "study"),

@@ -203,7 +203,7 @@ def test_a_forward_that_failed_is_sent_again_once_cxr_triage_answers(stack: Stac
             peers.wait_for_port("127.0.0.1", stack.dicom_port, 60)
         send_to_orthanc(orthanc, [_save(after_restart, tmp_path / "after.dcm")])
         stack.wait_for_study(str(after_restart.StudyInstanceUID), final=False)
-        stack.wait_for_study(str(during_outage.StudyInstanceUID), final=False)  # sent again after that success
+        stack.wait_for_study(str(during_outage.StudyInstanceUID), 60, final=False)  # re-sent after that success
         outage_id = orthanc_id(orthanc, str(during_outage.SOPInstanceUID))
         assert f"forwarding instance {outage_id} again" in orthanc.log_path.read_text()
 

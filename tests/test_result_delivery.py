@@ -163,3 +163,56 @@ def test_two_reporters_never_claim_the_same_delivery(sessions: sessionmaker[Sess
         after_lease = reports.claim_due(session, now=_later(120), lease=lease)  # the first claimer died
     assert len(first) == 1 and second == [] and len(after_lease) == 1
     assert after_lease[0].attempts == 2
+
+
+def test_the_ris_gets_an_oru_keyed_by_accession_and_a_nak_is_retried(sessions: sessionmaker[Session],
+                                                                     tmp_path: Path) -> None:
+    import hl7
+
+    from hl7_peer import MllpListener, ack
+    from worker.config import HostPort
+
+    _image(sessions, tmp_path, score=0.9)
+    answers = iter(["AE", "AA"])  # the RIS refuses once (e.g. busy), then takes it
+
+    def answer(message: hl7.Message) -> bytes:
+        return ack(next(answers))(message)  # type: ignore[return-value]
+
+    with MllpListener(answer) as ris:
+        reporter = Reporter(_config(tmp_path, hl7_destination=HostPort("127.0.0.1", ris.port)), sessions)
+        reporter.make_reports(now=_later(31))
+        assert reporter.deliver_due() == 0
+        assert reporter.deliver_due(now=_later(60)) == 1
+        first, second = ris.received.get(timeout=10), ris.received.get(timeout=10)
+    assert first == second  # a retry sends the same message (same control id, same times)
+    message = hl7.parse(second)
+    assert str(message.segment("OBR")[3]) == "ACC7" and str(message.segment("PID")[3]) == "SYN0007"
+    assert "FLAG" in str(message) and str(message.segment("OBR")[25]) == "F"
+    with sessions() as session:
+        (delivery,) = reports.study_reports(session, STUDY)[0]["deliveries"]
+    assert delivery["kind"] == "hl7" and delivery["status"] == "DELIVERED" and delivery["attempts"] == 2
+
+
+def test_the_optional_heat_map_goes_with_the_sr_as_a_secondary_capture(sessions: sessionmaker[Session],
+                                                                       tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    from sqlalchemy import update
+
+    from db.models import Instance
+
+    sop = _image(sessions, tmp_path, score=0.9)
+    png = tmp_path / "heat.png"
+    Image.fromarray(np.full((64, 48, 3), (200, 40, 40), dtype=np.uint8)).save(png)
+    with sessions.begin() as session:
+        session.execute(update(Instance).where(Instance.sop_instance_uid == sop).values(heatmap_path=str(png)))
+    reporter = Reporter(_config(tmp_path, heatmap=True), sessions)
+    reporter.make_reports(now=_later(31))
+    with sessions() as session:
+        (report,) = session.scalars(select(reports.StudyReport)).all()
+        sr_path, capture_path = report.files
+    capture = dcmread(capture_path)
+    assert capture.StudyInstanceUID == STUDY and capture.Modality != "SR"
+    assert "NOT FOR DIAGNOSIS" in capture.SeriesDescription and capture.BurnedInAnnotation == "YES"
+    assert capture.pixel_array.shape == (64, 48, 3)
+    assert dcmread(sr_path).Modality == "SR"

@@ -16,12 +16,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+from PIL import Image
 from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.uid import generate_uid
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import reports
+from dicom_io.report_heatmap import build_heatmap_capture
 from dicom_io.report_sr import Algorithm, ImageFinding, StudyResult, build_report
 from dicom_io.sender import send_files
 from dicom_io.spool import Spool
@@ -97,6 +100,7 @@ class Reporter:
         """The SR of this version, written once; no files when no image header can be read (the DICOM
         deliveries then end dead with that reason, the HL7 one still goes)."""
         findings = []
+        headers: dict[str, Dataset] = {}
         for image in result.images:
             try:
                 header = dcmread(image.spool_path, stop_before_pixels=True)
@@ -104,6 +108,7 @@ class Reporter:
                 log.warning("study %s: image %s left out of the SR (%s)", result.study_instance_uid,
                             image.sop_instance_uid, type(exc).__name__)
                 continue
+            headers[image.sop_instance_uid] = header
             findings.append(ImageFinding(header, image.score if image.status == "DONE" else None,
                                          None if image.status == "DONE" else (image.reason or image.status)))
         if not findings:
@@ -119,7 +124,27 @@ class Reporter:
                                    else float("nan"), flagged=result.flag, images=findings)
         sr = build_report(study_result, algorithm, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
                           instance_number=version, previous_versions=predecessors)
-        return [str(self.store.write(sop_uid, _encode(sr)))]
+        files = [str(self.store.write(sop_uid, _encode(sr)))]
+        if self.config.heatmap:
+            files += self._write_heatmap(result, headers, series_uid, version)
+        return files
+
+    def _write_heatmap(self, result: reports.ResultSnapshot, headers: dict[str, Dataset], sr_series_uid: str,
+                       version: int) -> list[str]:
+        """The heat map of the image that gave the study its score, as a Secondary Capture (not for diagnosis).
+        Its series UID is derived from the SR's, so every version lands in the same heat-map series."""
+        scored = [i for i in result.images if i.status == "DONE" and i.score is not None and i.heatmap_path
+                  and i.sop_instance_uid in headers and Path(i.heatmap_path).is_file()]
+        if not scored:
+            return []
+        best = max(scored, key=lambda i: i.score or 0.0)
+        with Image.open(best.heatmap_path) as picture:  # type: ignore[arg-type]
+            rgb = np.asarray(picture.convert("RGB"))
+        sop_uid = generate_uid()
+        capture = build_heatmap_capture(headers[best.sop_instance_uid], rgb,
+                                        series_instance_uid=generate_uid(entropy_srcs=[sr_series_uid, "heatmap"]),
+                                        sop_instance_uid=sop_uid, instance_number=version)
+        return [str(self.store.write(sop_uid, _encode(capture)))]
 
     # --- deliveries ---------------------------------------------------------------------------------------------
 
@@ -191,7 +216,8 @@ class Reporter:
                             sending_application=self.config.calling_ae_title,
                             sending_facility=self.config.hl7_sending_facility,
                             receiving_application=self.config.hl7_receiving_application,
-                            receiving_facility=self.config.hl7_receiving_facility)
+                            receiving_facility=self.config.hl7_receiving_facility,
+                            now=job.created_at)  # a retry is the same message, byte for byte
         ack = send_oru(message, host=target.host, port=target.port, timeout=self.config.send_timeout_s)
         if not ack.accepted:  # MSA-3 is the RIS's free text and may name the patient: only the code is kept
             raise DeliveryFailed(f"HL7 ACK {ack.code}")
