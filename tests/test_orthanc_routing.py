@@ -221,3 +221,62 @@ def test_the_example_configuration_and_script_match_cxr_triage() -> None:
     chest_words = re.search(r"local CHEST_WORDS = \{([^}]*)\}", lua)
     assert chest_words is not None
     assert tuple(re.findall(r"'([A-Z]+)'", chest_words[1])) == CHEST_WORDS
+
+
+@pytest.mark.parametrize("backend_name", ["embedded", "fleet"])
+def test_the_pacs_routes_a_study_in_and_later_holds_our_report_in_that_study(
+        backend_name: str, model_path: Path, tmp_path: Path) -> None:
+    """The whole loop a site runs: Orthanc routes the study to cxr-triage; after the quiet period our SR goes back
+    into the same study by C-STORE (and to a second archive by STOW-RS), the RIS gets the ORU, and the SR coming
+    back into Orthanc is not routed to us again."""
+    import hl7
+
+    from conftest import make_backend
+    from hl7_peer import MllpListener, ack
+
+    study_uid = generate_uid()
+    frontal = _radiograph(98, study_uid)
+    lateral = _radiograph(98, study_uid, view="LL")
+    frontal.AccessionNumber = lateral.AccessionNumber = "ACC98"
+    files = [_save(frontal, tmp_path / "pa.dcm"), _save(lateral, tmp_path / "ll.dcm")]
+    dicomweb = {"Plugins": [str(peers.ORTHANC_DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    if not peers.ORTHANC_DICOMWEB_PLUGIN.is_file():
+        pytest.skip(f"Orthanc's DICOMweb plugin missing at {peers.ORTHANC_DICOMWEB_PLUGIN} "
+                    "(apt-get install orthanc-dicomweb)")
+    for backend in make_backend(backend_name):
+        (tmp_path / "stack").mkdir()
+        stack = Stack(tmp_path / "stack", backend, model_path, result_quiet_s="1", result_retry_base_s="1")
+        with routing_orthanc(tmp_path / "pacs", stack) as pacs, \
+                peers.Orthanc(tmp_path / "archive", {}, aet="ARCHIVE", extra_config=dicomweb) as archive, \
+                MllpListener(ack("AA")) as ris:
+            stack.env.update(TRIAGE_RESULT_DESTINATIONS=f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}",
+                             TRIAGE_RESULT_STOW_URL=f"{archive.http_url}/dicom-web",
+                             TRIAGE_HL7_DESTINATION=f"127.0.0.1:{ris.port}")
+            with stack:
+                send_to_orthanc(pacs, files)
+                study = stack.wait_for_study(study_uid)
+
+                def report_delivered() -> dict[str, Any] | None:
+                    reports = (stack.study(study_uid) or {}).get("reports") or []
+                    states = [d["status"] for d in reports[0]["deliveries"]] if reports else []
+                    return reports[0] if states == ["DELIVERED"] * 3 else None
+
+                report = wait_until(report_delivered, 120, "the report to reach the PACS, the archive and the RIS")
+                in_pacs = pacs.client.post("/tools/find", json={
+                    "Level": "Instance", "Expand": True,
+                    "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}}).json()
+                in_archive = archive.client.post("/tools/find", json={
+                    "Level": "Instance", "Expand": True, "Query": {"StudyInstanceUID": study_uid}}).json()
+                oru = hl7.parse(ris.received.get(timeout=10))
+                ended_store_jobs(pacs)
+                metrics = stack.http.get("/metrics").text
+                instances = stack.sql("SELECT sop_instance_uid FROM instances")
+
+    assert study["status"] == "DONE" and len(study["instances"]) == 2
+    assert [i["MainDicomTags"]["SOPInstanceUID"] for i in in_pacs] == [report["sr_sop_instance_uid"]]
+    assert [i["MainDicomTags"]["SOPInstanceUID"] for i in in_archive] == [report["sr_sop_instance_uid"]]
+    assert str(oru.segment("OBR")[3]) == "ACC98" and str(oru.segment("OBR")[25]) == "F"
+    assert report["version"] == 1 and report["flag"] == study["flag"]
+    assert {row[0] for row in instances} == {str(frontal.SOPInstanceUID), str(lateral.SOPInstanceUID)}  # no loop
+    assert 'cxr_triage_result_deliveries{kind="dicom",state="delivered"} 1.0' in metrics
+    assert 'cxr_triage_result_deliveries{kind="hl7",state="delivered"} 1.0' in metrics

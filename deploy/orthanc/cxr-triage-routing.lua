@@ -16,8 +16,8 @@
 --   * any other SOP Class (CT, MR, SR, Secondary Capture, ...). This is what keeps cxr-triage's
 --     own output out of a loop: its report (SR) and heat map (Secondary Capture) come back into
 --     the same study, by DICOM or DICOMweb;
---   * anything stored over DICOM by a cxr-triage AE title (the modality's AET, and CXR_TRIAGE):
---     a second guard, should cxr-triage ever send a radiograph back.
+--   * anything stored over DICOM by cxr-triage's AE title (the AET of the modality, which cxr-triage
+--     also calls with: TRIAGE_DICOM_AE_TITLE): a second guard, should it ever send a radiograph back.
 --
 -- Delivery: one Orthanc job per instance (POST /modalities/cxr-triage/store, asynchronous).
 -- Unlike SendToModality(), whose Lua job ends "Success" even when the C-STORE failed (Orthanc
@@ -40,8 +40,9 @@ local RADIOGRAPH_SOP_CLASSES = {
 -- Matched anywhere in BodyPartExamined, as cxr-triage does (e.g. "CHEST", "THORAX", "CHEST_PA").
 local CHEST_WORDS = { 'CHEST', 'THORAX', 'LUNG', 'CXR', 'TORAX', 'POUMON', 'BRUST' }
 
--- Calling AE titles of cxr-triage; the AET configured for the modality is added on first use.
-local OWN_AETS = { CXR_TRIAGE = true }
+-- Calling AE titles of cxr-triage: the AET configured for the modality, read on first use (so the
+-- configuration is the one place to change it). Add others here should cxr-triage call with another.
+local OWN_AETS = {}
 local modalityAetLearnt = false
 
 local inFlight = {}  -- Orthanc job id -> { instance = instance id, attempts = sends so far }
@@ -68,7 +69,6 @@ local function IsChest(bodyPart)
   return false
 end
 
--- Read the modality's AET from the configuration, so a renamed cxr-triage is still recognised.
 local function LearnModalityAet()
   if modalityAetLearnt then
     return
@@ -89,8 +89,6 @@ local function IsFromCxrTriage(origin)
   return origin['RequestOrigin'] == 'DicomProtocol' and OWN_AETS[Trim(origin['RemoteAet'])] == true
 end
 
-local Send  -- defined below; Failed and Send call each other
-
 local function Failed(instanceId, attempts)
   if attempts >= MAX_ATTEMPTS then
     Log('gave up forwarding instance ' .. instanceId .. ' after ' .. attempts .. ' attempts')
@@ -99,7 +97,7 @@ local function Failed(instanceId, attempts)
   end
 end
 
-Send = function(instanceId, attempts)
+local function Send(instanceId, attempts)
   local body = DumpJson({ Resources = { instanceId }, Asynchronous = true }, true)
   local ok, answer = pcall(RestApiPost, '/modalities/' .. MODALITY .. '/store', body)
   if ok and answer then
@@ -123,7 +121,7 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   Send(instanceId, 0)
 end
 
--- Orthanc queues these events to the same Lua thread as OnStoredInstance, after the job is recorded.
+-- Orthanc runs Lua callbacks one at a time: these come after Send() has recorded the job.
 function OnJobFailure(jobId)
   local job = inFlight[jobId]
   if job then
