@@ -3,6 +3,8 @@ down and comes back, dead letters, and what the API and /metrics show of it."""
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -216,3 +218,45 @@ def test_the_optional_heat_map_goes_with_the_sr_as_a_secondary_capture(sessions:
     assert "NOT FOR DIAGNOSIS" in capture.SeriesDescription and capture.BurnedInAnnotation == "YES"
     assert capture.pixel_array.shape == (64, 48, 3)
     assert dcmread(sr_path).Modality == "SR"
+
+
+def test_the_study_page_and_the_api_show_each_version_and_its_dead_letter(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from worklist.app import create_app
+
+    client = TestClient(create_app(f"sqlite:///{tmp_path / 'web.sqlite3'}", api_token="s3cret",
+                                   model_card=tmp_path / "MODEL_CARD.md"))
+    sessions = client.app.state.sessions  # type: ignore[attr-defined]
+    _image(sessions, tmp_path, score=0.9)
+    closed = DicomDestination("PACS", "127.0.0.1", peers.free_port())
+    reporter = Reporter(_config(tmp_path, dicom_destinations=(closed,), max_attempts=1), sessions)
+    reporter.make_reports(now=_later(31))
+    reporter.deliver_due()
+    headers = {"Authorization": "Bearer s3cret"}
+
+    body = client.get(f"/api/studies/{STUDY}", headers=headers).json()
+    (delivery,) = body["reports"][0]["deliveries"]
+    assert body["reports"][0]["version"] == 1
+    assert delivery["status"] == "DEAD" and delivery["destination"] == str(closed) and delivery["last_error"]
+    page = client.get(f"/studies/{STUDY}", headers=headers).text
+    assert "Sent to PACS / RIS" in page and "DEAD" in page and str(closed) in page
+    metrics = client.get("/metrics", headers=headers).text
+    assert 'cxr_triage_result_deliveries{kind="dicom",state="dead"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("result_destinations", "PACS@pacs-host", "AET@host:port"),
+    ("result_destinations", "A_TITLE_LONGER_THAN_16@h:104", "AET@host:port"),
+    ("hl7_destination", "ris-host", "host:port"),
+    ("result_stow_url", "pacs:8042/dicom-web", "http(s) URL"),
+])
+def test_a_destination_that_cannot_work_stops_start_up_with_its_name(name: str, value: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    from triage.settings import Settings
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(**{name: value})
+    assert Settings(result_destinations="PACS@10.0.0.5:104, ARCHIVE@[::1]:11112").result_destinations == [
+        "PACS@10.0.0.5:104", "ARCHIVE@[::1]:11112"]

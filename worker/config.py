@@ -31,6 +31,11 @@ class WorkerConfig:
         return self.broker_url.startswith("filesystem")
 
 
+def _host(host: str) -> str:
+    """An IPv6 address in brackets, so the port stays readable."""
+    return f"[{host}]" if ":" in host else host
+
+
 @dataclass(frozen=True)
 class DicomDestination:
     """A PACS (or any storage SCP) the report is C-STOREd to, written ``AET@host:port``."""
@@ -48,7 +53,7 @@ class DicomDestination:
         return cls(aet, host.strip("[]"), int(port))
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{_host(self.host)}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class HostPort:
         return cls(host.strip("[]"), int(port))
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{_host(self.host)}:{self.port}"
 
 
 @dataclass(frozen=True)
