@@ -322,175 +322,223 @@ def train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None
 def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | None,
            on_batch: Callable[[BatchProgress], None] | None) -> dict[str, Any]:
     started_wall = time.time()
-    deadline = started_wall + config.max_minutes * 60 if config.max_minutes else None
     config.out.mkdir(parents=True, exist_ok=True)
     logger = EpochLog(config.out)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    data = prepare_data(config, logger)
-    train_cache, val_cache = data["train_cache"], data["val_cache"]
-    train_labels = np.array([s.label for s in data["train"]], dtype=np.int64)
-    val_labels = np.array([s.label for s in data["val"]], dtype=np.int64)
+    run = TrainingRun(config, prepare_data(config, logger), logger, on_batch)
+    run.resume()
+    stop_reason = run.run_epochs(started_wall, on_epoch)
+    return finish(config, run.data, run.history, run.best, stop_reason, time.time() - started_wall, logger)
 
-    network = build_network(2)
-    if config.zero_init_residual:
-        zero_init_residual(network)
-    if config.init_weights:
-        fresh = load_init_weights(network, config.init_weights)
-        logger.text(f"initialised from {config.init_weights}; left random: {fresh}")
-    network = network.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(_param_groups(network, config.weight_decay), lr=config.lr,
-                                momentum=config.momentum)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    counts = np.bincount(train_labels, minlength=2).astype(np.float64)
-    class_weight = (torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
-                    if config.balance == "weights" else None)
-    if class_weight is not None:
-        class_weight = class_weight.to(device)
-    draw_weights = (torch.from_numpy(sampling_weights(data["train"])) if config.balance == "sites" else
-                    torch.tensor(1.0 / counts[train_labels], dtype=torch.float64))
-    spec_base = PreprocessSpec(equalize=config.equalize)
-    augment = config.augmentation
-    precision = autocast_dtype(device, config.allow_bf16)
-    selected = selection_mask(data["val"])
 
-    plan = epoch_plan(config.stages)
-    epoch_images = config.epoch_images or len(train_labels)
-    steps_per_epoch = [max(1, int(round(frac * epoch_images / config.batch_size))) for _, frac in plan]
-    total_steps = sum(steps_per_epoch)
-    warmup = max(1, int(config.warmup_epochs * epoch_images / config.batch_size))
+class TrainingRun:
+    """The moving parts of one run (network, optimizer, sampler, plan, position in it), so that resuming, one
+    epoch, validating and saving are each a method and the loop that strings them together stays short."""
 
-    state_path = config.out / "last.pt"
-    start_epoch, step = 0, 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"auc": -1.0}
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state.get("plan") == [list(p) for p in plan]:
-            network.load_state_dict(state["network"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, step, history, best = state["epoch"] + 1, state["step"], state["history"], state["best"]
-            torch.set_rng_state(state["torch_rng"])
-            logger.text(f"resumed after epoch {start_epoch} (best val AUC {best['auc']:.4f})")
-        else:
-            logger.text("last.pt is from another plan: starting afresh")
-    logger.text(f"plan: {[f'{s}px x{f:g}' for s, f in plan]}, {total_steps} steps, batch {config.batch_size}, "
-                f"device {device}, {precision_name(precision)}, threads {torch.get_num_threads()}")
-    (config.out / "config.json").write_text(json.dumps(config.to_json(), indent=2))
+    def __init__(self, config: TrainConfig, data: dict[str, Any], logger: EpochLog,
+                 on_batch: Callable[[BatchProgress], None] | None) -> None:
+        self.config, self.data, self.logger, self.on_batch = config, data, logger, on_batch
+        self.device = pick_device(config.device)
+        self.train_labels = np.array([s.label for s in data["train"]], dtype=np.int64)
+        self.val_labels = np.array([s.label for s in data["val"]], dtype=np.int64)
+        network = build_network(2)
+        if config.zero_init_residual:
+            zero_init_residual(network)
+        if config.init_weights:
+            fresh = load_init_weights(network, config.init_weights)
+            logger.text(f"initialised from {config.init_weights}; left random: {fresh}")
+        self.network = network.to(self.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(_param_groups(self.network, config.weight_decay), lr=config.lr,
+                                         momentum=config.momentum)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        counts = np.bincount(self.train_labels, minlength=2).astype(np.float64)
+        self.class_weight = (torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
+                             .to(self.device) if config.balance == "weights" else None)
+        self.draw_weights = (torch.from_numpy(sampling_weights(data["train"])) if config.balance == "sites" else
+                             torch.tensor(1.0 / counts[self.train_labels], dtype=torch.float64))
+        self.spec = PreprocessSpec(equalize=config.equalize)
+        self.precision = autocast_dtype(self.device, config.allow_bf16)
+        self.selected = selection_mask(data["val"])
+        self.plan = epoch_plan(config.stages)
+        epoch_images = config.epoch_images or len(self.train_labels)
+        self.steps_per_epoch = [max(1, int(round(frac * epoch_images / config.batch_size))) for _, frac in self.plan]
+        self.total_steps = sum(self.steps_per_epoch)
+        self.warmup = max(1, int(config.warmup_epochs * epoch_images / config.batch_size))
+        self.state_path = config.out / "last.pt"
+        self.start_epoch, self.step = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"auc": -1.0}
+        self.epochs_without_gain = 0
+        self._generator = torch.Generator()  # reseeded per epoch in _order
 
-    stop_reason = "completed plan"
-    epochs_without_gain = 0
-    if history:
-        epochs_without_gain = history[-1].get("epochs_without_gain", 0)
-    if config.finish_only:
-        stop_reason = f"stopped after epoch {start_epoch} of {len(plan)} (finish only)"
-        logger.text(stop_reason)
-    for epoch in range(start_epoch, len(plan) if not config.finish_only else start_epoch):
-        size, fraction = plan[epoch]
-        if deadline and history:
-            rate = history[-1]["train_images_per_s"] * (history[-1]["size"] / size) ** 2
-            needed = steps_per_epoch[epoch] * config.batch_size / rate + history[-1]["val_seconds"] * (size / history[-1]["size"]) ** 2
-            if time.time() + needed > deadline:
-                stop_reason = f"time budget: epoch {epoch + 1} at {size}px would need ~{needed / 60:.0f} min"
-                logger.text(stop_reason)
-                break
+    def resume(self) -> None:
+        """Continue from ``last.pt`` when it belongs to the same plan (a changed plan starts afresh)."""
+        if self.state_path.is_file():
+            state = torch.load(self.state_path, map_location="cpu", weights_only=False)
+            if state.get("plan") == [list(p) for p in self.plan]:
+                self.network.load_state_dict(state["network"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+                self.history, self.best = state["history"], state["best"]
+                torch.set_rng_state(state["torch_rng"])
+                self.logger.text(f"resumed after epoch {self.start_epoch} (best val AUC {self.best['auc']:.4f})")
+            else:
+                self.logger.text("last.pt is from another plan: starting afresh")
+        if self.history:
+            self.epochs_without_gain = self.history[-1].get("epochs_without_gain", 0)
+        self.logger.text(f"plan: {[f'{s}px x{f:g}' for s, f in self.plan]}, {self.total_steps} steps, batch "
+                         f"{self.config.batch_size}, device {self.device}, {precision_name(self.precision)}, "
+                         f"threads {torch.get_num_threads()}")
+        (self.config.out / "config.json").write_text(json.dumps(self.config.to_json(), indent=2))
+
+    def run_epochs(self, started_wall: float, on_epoch: Callable[[dict[str, Any]], None] | None) -> str:
+        """Train the rest of the plan; returns why it stopped."""
+        config = self.config
+        deadline = started_wall + config.max_minutes * 60 if config.max_minutes else None
+        if config.finish_only:
+            reason = f"stopped after epoch {self.start_epoch} of {len(self.plan)} (finish only)"
+            self.logger.text(reason)
+            return reason
+        for epoch in range(self.start_epoch, len(self.plan)):
+            size = self.plan[epoch][0]
+            if deadline and self.history and time.time() + self.epoch_seconds(epoch) > deadline:
+                reason = (f"time budget: epoch {epoch + 1} at {size}px would need "
+                          f"~{self.epoch_seconds(epoch) / 60:.0f} min")
+                self.logger.text(reason)
+                return reason
+            loss, seen, lr, seconds = self.train_epoch(epoch)
+            record = self.validate(epoch, loss, seen, lr, seconds)
+            self.save(epoch)
+            if on_epoch:
+                on_epoch(record)
+            if self.epochs_without_gain >= config.patience:
+                reason = f"early stop: no validation AUC gain for {config.patience} epochs"
+                self.logger.text(reason)
+                return reason
+        return "completed plan"
+
+    def epoch_seconds(self, epoch: int) -> float:
+        """How long an epoch will take, from the last one's speed scaled by the pixel count."""
+        last, size = self.history[-1], self.plan[epoch][0]
+        rate = last["train_images_per_s"] * (last["size"] / size) ** 2
+        return (self.steps_per_epoch[epoch] * self.config.batch_size / rate
+                + last["val_seconds"] * (size / last["size"]) ** 2)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        """Which training images the epoch draws, seeded by the epoch so a resumed run draws the same."""
+        config, fraction = self.config, self.plan[epoch][1]
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         if config.balance in ("sampler", "sites"):
-            order = torch.multinomial(draw_weights, steps_per_epoch[epoch] * config.batch_size, True,
+            order = torch.multinomial(self.draw_weights, self.steps_per_epoch[epoch] * config.batch_size, True,
                                       generator=generator)
         else:
-            order = torch.cat([torch.randperm(len(train_labels), generator=generator)
+            order = torch.cat([torch.randperm(len(self.train_labels), generator=generator)
                                for _ in range(math.ceil(fraction) or 1)])
-        order = order.numpy()
-        network.train()
+        self._generator = generator  # the augmentations continue the same stream
+        return order.numpy()
+
+    def train_epoch(self, epoch: int) -> tuple[float, int, float, float]:
+        """One pass over the epoch's images; returns mean loss, images seen, last learning rate, seconds."""
+        config, size = self.config, self.plan[epoch][0]
+        order = self._order(epoch)
+        self.network.train()
         epoch_start = time.time()
-        loss_sum, seen = 0.0, 0
-        for batch_index in range(steps_per_epoch[epoch]):
+        loss_sum, seen, lr = 0.0, 0, 0.0
+        for batch_index in range(self.steps_per_epoch[epoch]):
             indices = order[batch_index * config.batch_size:(batch_index + 1) * config.batch_size]
             if len(indices) == 0:
                 break
-            displays = displays_from_cache(train_cache, indices)
-            resized = resize_batch(displays, size)
-            if config.augment:
-                resized = augment_batch(resized, augment, generator)
-            inputs = normalize(resized, spec_base).to(device).contiguous(memory_format=torch.channels_last)
-            targets = torch.from_numpy(train_labels[indices]).to(device)
-            lr = learning_rate(step, total_steps, warmup, config.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
-                logits = network(inputs)
-                loss = F.cross_entropy(logits.float(), targets, weight=class_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if config.clip_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(network.parameters(), config.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += float(loss.detach()) * len(indices)
+            lr = learning_rate(self.step, self.total_steps, self.warmup, config.lr)
+            loss = self._train_batch(indices, size, lr)
+            self.step += 1
+            loss_sum += loss * len(indices)
             seen += len(indices)
             rate = seen / max(time.time() - epoch_start, 1e-9)
-            if on_batch:
-                on_batch(BatchProgress(epoch + 1, len(plan), size, batch_index + 1, steps_per_epoch[epoch],
-                                       loss_sum / seen, rate))
-            if (batch_index + 1) % 20 == 0 or batch_index + 1 == steps_per_epoch[epoch]:
-                logger.text(f"epoch {epoch + 1}/{len(plan)} {size}px batch {batch_index + 1}/"
-                            f"{steps_per_epoch[epoch]} loss {loss_sum / seen:.4f} lr {lr:.4f} "
-                            f"{rate:.1f} img/s", echo=on_batch is None)
+            if self.on_batch:
+                self.on_batch(BatchProgress(epoch + 1, len(self.plan), size, batch_index + 1,
+                                            self.steps_per_epoch[epoch], loss_sum / seen, rate))
+            if (batch_index + 1) % 20 == 0 or batch_index + 1 == self.steps_per_epoch[epoch]:
+                self.logger.text(f"epoch {epoch + 1}/{len(self.plan)} {size}px batch {batch_index + 1}/"
+                                 f"{self.steps_per_epoch[epoch]} loss {loss_sum / seen:.4f} lr {lr:.4f} "
+                                 f"{rate:.1f} img/s", echo=self.on_batch is None)
             if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"loss is not finite at step {step}")
-        train_seconds = time.time() - epoch_start
+                raise FloatingPointError(f"loss is not finite at step {self.step}")
+        return loss_sum / max(seen, 1), seen, lr, time.time() - epoch_start
+
+    def _train_batch(self, indices: np.ndarray, size: int, lr: float) -> float:
+        config = self.config
+        resized = resize_batch(displays_from_cache(self.data["train_cache"], indices), size)
+        if config.augment:
+            resized = augment_batch(resized, config.augmentation, self._generator)
+        inputs = normalize(resized, self.spec).to(self.device).contiguous(memory_format=torch.channels_last)
+        targets = torch.from_numpy(self.train_labels[indices]).to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.precision or torch.float32,
+                            enabled=self.precision is not None):
+            logits = self.network(inputs)
+            loss = F.cross_entropy(logits.float(), targets, weight=self.class_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if config.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), config.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def validate(self, epoch: int, loss: float, seen: int, lr: float, train_seconds: float) -> dict[str, Any]:
+        """Score the validation images, log the epoch and keep it as the best when it is."""
+        config, (size, fraction) = self.config, self.plan[epoch]
         val_start = time.time()
-        scores = predict_cache(network, val_cache, size, spec_base, device, precision=precision)
+        scores = predict_cache(self.network, self.data["val_cache"], size, self.spec, self.device,
+                               precision=self.precision)
         val_seconds = time.time() - val_start
-        by_population = population_metrics(scores, data["val"])
-        auc = roc_auc(scores[selected], val_labels[selected])
-        threshold = threshold_for_sensitivity(scores[selected], val_labels[selected], config.target_sensitivity)
-        predicted = scores[selected] >= threshold
-        specificity = float(np.mean(~predicted[val_labels[selected] == 0]))
+        by_population = population_metrics(scores, self.data["val"])
+        selected, labels = scores[self.selected], self.val_labels[self.selected]
+        auc = roc_auc(selected, labels)
+        threshold = threshold_for_sensitivity(selected, labels, config.target_sensitivity)
+        specificity = float(np.mean(~(selected >= threshold)[labels == 0]))
         # The checkpoint's input is the last stage's size (the design fixes it at 224), so only epochs at that
         # size compete; smaller sizes are the fast way there.
+        final_size = size == self.plan[-1][0]
         score = selection_score(by_population, auc)
-        improved = size == plan[-1][0] and score > best.get("score", best["auc"])
-        epochs_without_gain = 0 if improved or size != plan[-1][0] else epochs_without_gain + 1
-        record = {"epoch": epoch + 1, "size": size, "fraction": fraction, "steps": step, "lr_end": lr,
-                  "train_loss": loss_sum / max(seen, 1), "train_images": seen,
+        improved = final_size and score > self.best.get("score", self.best["auc"])
+        self.epochs_without_gain = 0 if improved or not final_size else self.epochs_without_gain + 1
+        record = {"epoch": epoch + 1, "size": size, "fraction": fraction, "steps": self.step, "lr_end": lr,
+                  "train_loss": loss, "train_images": seen,
                   "train_seconds": round(train_seconds, 1), "train_images_per_s": seen / train_seconds,
                   "val_seconds": round(val_seconds, 1), "val_auc": auc,
                   "val_threshold_at_target": threshold, "val_specificity_at_target": specificity,
-                  "val_accuracy_at_0.5": float(np.mean((scores >= 0.5) == (val_labels == 1))),
-                  "val_auc_all": roc_auc(scores, val_labels), "val_selection_score": score,
+                  "val_accuracy_at_0.5": float(np.mean((scores >= 0.5) == (self.val_labels == 1))),
+                  "val_auc_all": roc_auc(scores, self.val_labels), "val_selection_score": score,
                   "val_by_population": by_population,
-                  "improved": improved, "epochs_without_gain": epochs_without_gain,
+                  "improved": improved, "epochs_without_gain": self.epochs_without_gain,
                   "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        history.append(record)
-        logger.epoch(record)
+        self.history.append(record)
+        self.logger.epoch(record)
         aucs = ", ".join(f"{name} {entry['auc']:.4f}" for name, entry in by_population["populations"].items()
                          if entry["auc"] is not None)
-        logger.text(f"epoch {epoch + 1} done: {size}px loss {record['train_loss']:.4f} val AUC {auc:.4f} ({aucs}) "
-                    f"spec@sens{config.target_sensitivity:g} {specificity:.3f} ({train_seconds / 60:.1f}+"
-                    f"{val_seconds / 60:.1f} min){' *best*' if improved else ''}")
+        self.logger.text(f"epoch {epoch + 1} done: {size}px loss {loss:.4f} val AUC {auc:.4f} ({aucs}) "
+                         f"spec@sens{config.target_sensitivity:g} {specificity:.3f} ({train_seconds / 60:.1f}+"
+                         f"{val_seconds / 60:.1f} min){' *best*' if improved else ''}")
         np.save(config.out / f"val_scores_epoch{epoch + 1}.npy", scores)
         if improved:
-            best = {"auc": auc, "score": score, "epoch": epoch + 1, "size": size}
-            torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, config.out / "best.pt")
+            self.best = {"auc": auc, "score": score, "epoch": epoch + 1, "size": size}
+            torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, config.out / "best.pt")
             np.save(config.out / "best_val_scores.npy", scores)
-        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "step": step, "history": history, "best": best, "plan": [list(p) for p in plan],
-                    "torch_rng": torch.get_rng_state()}, state_path.with_suffix(".part"))
-        state_path.with_suffix(".part").replace(state_path)
-        if on_epoch:
-            on_epoch(record)
-        if epochs_without_gain >= config.patience:
-            stop_reason = f"early stop: no validation AUC gain for {config.patience} epochs"
-            logger.text(stop_reason)
-            break
-    return finish(config, data, history, best, stop_reason, time.time() - started_wall, logger)
+        return record
+
+    def save(self, epoch: int) -> None:
+        """The resumable state after ``epoch`` (0-based), written atomically."""
+        part = self.state_path.with_suffix(".part")
+        torch.save({"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "epoch": epoch, "step": self.step, "history": self.history, "best": self.best,
+                    "plan": [list(p) for p in self.plan], "torch_rng": torch.get_rng_state()}, part)
+        part.replace(self.state_path)
 
 
 def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, Any]], best: dict[str, Any],
