@@ -61,6 +61,15 @@ class Study(Base):
     accession_number: Mapped[str] = mapped_column(Text, default="")
     study_date: Mapped[date | None] = mapped_column(Date, nullable=True)
     study_description: Mapped[str] = mapped_column(Text, default="")
+    # Context for the reader, from the headers (migration 0007): None until an image of the study says. A later
+    # image fills what is still unknown and never blanks a known value.
+    patient_age_years: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    patient_sex: Mapped[str | None] = mapped_column(String(1), nullable=True)  # M, F or O
+    modality: Mapped[str | None] = mapped_column(Text, nullable=True)
+    institution: Mapped[str | None] = mapped_column(Text, nullable=True)
+    station: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The order's priority (STAT, HIGH, ROUTINE, MEDIUM, LOW): the file's, else the sender's rule.
+    priority: Mapped[str | None] = mapped_column(String(8), nullable=True)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     status: Mapped[StudyStatus] = mapped_column(_enum(StudyStatus, "study_status"), default=StudyStatus.PENDING)
@@ -71,6 +80,9 @@ class Study(Base):
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     flagged_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When the flag last went up (cleared when a new result lowers it): the default order puts the newest flag
+    # first, so a new flag reaches the first screen whatever the backlog.
+    flag_raised_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # Seconds from the study's latest receive to its final result (flagged_at), kept for the metrics.
     time_to_flag_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     # A radiologist marked it read: it drops to the bottom of its group (flagged or not) and never disappears.

@@ -36,6 +36,12 @@ class ReceivedRecord:
     spool_path: str
     size_bytes: int
     calling_ae: str
+    # Study context (None or "" = the file does not say); the priority is the file's or the sender's rule.
+    patient_age_years: int | None = None
+    patient_sex: str | None = None
+    institution: str = ""
+    station: str = ""
+    priority: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,21 @@ class Outcome:
     heatmap_path: str | None = None  # PNG of the Grad-CAM overlay
 
 
+# Study columns a received image may fill, and the record field each comes from.
+CONTEXT_FIELDS = ("patient_age_years", "patient_sex", "modality", "institution", "station", "priority")
+
+
+def _fill_context(study: Study, record: ReceivedRecord) -> None:
+    """Take what this image says about the study where the study does not know it yet; a known value is never
+    replaced, least of all by an empty one (images of one study come from different files and senders)."""
+    for name in CONTEXT_FIELDS:
+        value = getattr(record, name)
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is not None and getattr(study, name) is None:
+            setattr(study, name, value)
+
+
 def _get_or_create_study(session: Session, record: ReceivedRecord) -> Study:
     query = select(Study).where(Study.study_instance_uid == record.study_instance_uid).with_for_update()
     study = session.scalars(query).first()
@@ -95,6 +116,7 @@ def _get_or_create_study(session: Session, record: ReceivedRecord) -> Study:
 def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
     """Insert the instance (or refresh it when the SOP Instance UID is known: a resend is processed again)."""
     study = _get_or_create_study(session, record)
+    _fill_context(study, record)
     query = select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid).with_for_update()
     instance = session.scalars(query).first()
     fields = dict(
@@ -212,9 +234,14 @@ def refresh_study(session: Session, study_id: int) -> None:
         threshold = session.scalars(
             select(Result.threshold).where(Result.instance_id == best.id, Result.model_sha256 == best.model_sha256)
         ).first()
+    flag = bool(best is not None and threshold is not None and best.score >= threshold)  # type: ignore[operator]
+    if flag and not (study.flag and study.flag_raised_at is not None):
+        study.flag_raised_at = utcnow()  # a new flag: it goes to the top of the unread flagged studies
+    elif not flag:
+        study.flag_raised_at = None
     study.score = best.score if best else None
     study.threshold = threshold
-    study.flag = bool(best is not None and threshold is not None and best.score >= threshold)  # type: ignore[operator]
+    study.flag = flag
     study.model_version = best.model_version if best else None
     study.model_sha256 = best.model_sha256 if best else None
     if pending or not instances:
@@ -287,10 +314,19 @@ class WorklistStatus(str, enum.Enum):
 
 
 class WorklistSort(str, enum.Enum):
-    """``priority`` is the triage order: flagged first (highest score first), then the rest in arrival order;
-    in each of the two groups read studies come last. The others are plain orders a reader may ask for."""
+    """``priority`` is the triage order, built so that a new flag always reaches the first screen:
+
+    1. unread flagged studies whose order is STAT, newest flag first;
+    2. the other unread flagged studies, newest flag first (not by score: a long backlog of high scores must not
+       bury a flag raised a minute ago);
+    3. unread unflagged studies (not flagged, pending, not analysed): STAT orders first, then arrival order;
+    4. read studies, in the same order among themselves.
+
+    ``flagged_score`` is the earlier triage order: flagged first by highest score, then the rest in arrival order,
+    read studies last in each of the two groups. The others are plain orders a reader may ask for."""
 
     PRIORITY = "priority"
+    FLAGGED_SCORE = "flagged_score"
     RECEIVED_DESC = "received_desc"
     RECEIVED_ASC = "received_asc"
     SCORE_DESC = "score_desc"
@@ -298,8 +334,30 @@ class WorklistSort(str, enum.Enum):
     ACCESSION = "accession"
 
 
+class OrderPriority(str, enum.Enum):
+    """RequestedProcedurePriority's defined terms (db's own copy: it may not import dicom_io)."""
+
+    STAT = "STAT"
+    HIGH = "HIGH"
+    ROUTINE = "ROUTINE"
+    MEDIUM = "MEDIUM"
+    LOW = "LOW"
+
+
+class PatientSex(str, enum.Enum):
+    M = "M"
+    F = "F"
+    O = "O"  # noqa: E741 (DICOM's own code for "other")
+
+
+URGENT = OrderPriority.STAT.value  # the order priority that goes first in its group
+DEFAULT_BORDERLINE_BAND = 0.05  # a score this far below the threshold, or less, is borderline
+
+
 @dataclass(frozen=True)
 class WorklistFilter:
+    """What the page, the API and the CLI filter on; every criterion given must hold."""
+
     status: str | None = None  # a WorklistStatus value
     flagged: bool | None = None
     read: bool | None = None
@@ -307,6 +365,12 @@ class WorklistFilter:
     received_to: date | None = None
     text: str | None = None  # every word must occur in patient name, patient ID or accession number
     zone: tzinfo = timezone.utc  # the site's time zone: where a day starts and ends
+    modality: str | None = None  # CR, DX… (case ignored)
+    sex: str | None = None  # M, F or O
+    priority: str | None = None  # an OrderPriority value
+    age_min: int | None = None  # years, both ends included; a study of unknown age matches no age bound
+    age_max: int | None = None
+    institution: str | None = None  # part of the institution name (case ignored)
 
 
 @dataclass(frozen=True)
@@ -333,6 +397,16 @@ class WorklistEntry:
     time_to_flag_s: float | None
     read_at: datetime | None
     read_by: str | None
+    patient_age_years: int | None = None
+    patient_sex: str | None = None
+    modality: str | None = None
+    institution: str | None = None
+    station: str | None = None
+    priority: str | None = None
+    borderline: bool = False  # not flagged, but within the borderline band below the threshold
+    outside_validated_population: bool | None = None  # None: age unknown, or the model records no population
+    outside_validated_population_reason: str | None = None
+    waiting_seconds: float | None = None  # unread: seconds since it was received; None once read
 
     @property
     def read(self) -> bool:
@@ -379,6 +453,24 @@ def _apply_filter(query: Any, filters: WorklistFilter, images: Any, failed: Any)
         pattern = f"%{_like_escape(word)}%"
         query = query.where(or_(*(column.ilike(pattern, escape="\\") for column in
                                   (Study.patient_name, Study.patient_id, Study.accession_number))))
+    return _apply_context_filter(query, filters)
+
+
+def _apply_context_filter(query: Any, filters: WorklistFilter) -> Any:
+    """Modality, sex, priority, age range and institution (a study that does not say matches none of them)."""
+    if filters.modality and filters.modality.strip():
+        query = query.where(func.upper(Study.modality) == filters.modality.strip().upper())
+    if filters.sex and filters.sex.strip():
+        query = query.where(Study.patient_sex == filters.sex.strip().upper())
+    if filters.priority and filters.priority.strip():
+        query = query.where(Study.priority == filters.priority.strip().upper())
+    if filters.age_min is not None:
+        query = query.where(Study.patient_age_years >= filters.age_min)
+    if filters.age_max is not None:
+        query = query.where(Study.patient_age_years <= filters.age_max)
+    if filters.institution and filters.institution.strip():
+        pattern = f"%{_like_escape(filters.institution.strip())}%"
+        query = query.where(Study.institution.ilike(pattern, escape="\\"))
     return query
 
 
@@ -390,10 +482,23 @@ def _day_start(day: date, zone: tzinfo) -> datetime | None:
         return None
 
 
+def _triage_order() -> list[Any]:
+    """WorklistSort.PRIORITY: unread before read; in each, flagged STAT, other flagged (newest flag first),
+    unflagged STAT, other unflagged (arrival order)."""
+    read_last = case((Study.read_at.is_(None), 0), else_=1)
+    urgent = Study.priority == URGENT
+    group = case((and_(Study.flag, urgent), 0), (Study.flag, 1), (urgent, 2), else_=3)
+    newest_flag = case((Study.flag, func.coalesce(Study.flag_raised_at, Study.flagged_at, Study.received_at)),
+                       else_=None)
+    return [read_last.asc(), group.asc(), newest_flag.desc().nulls_last(), Study.received_at.asc(), Study.id.asc()]
+
+
 def _order(sort: WorklistSort) -> list[Any]:
-    unread_first = case((Study.read_at.is_(None), 0), else_=1)
     arrival = [Study.received_at.asc(), Study.id.asc()]
     if sort is WorklistSort.PRIORITY:
+        return _triage_order()
+    if sort is WorklistSort.FLAGGED_SCORE:
+        unread_first = case((Study.read_at.is_(None), 0), else_=1)
         return [Study.flag.desc(), unread_first.asc(), case((Study.flag, Study.score), else_=None).desc(), *arrival]
     if sort is WorklistSort.RECEIVED_DESC:
         return [Study.received_at.desc(), Study.id.desc()]
@@ -406,14 +511,39 @@ def _order(sort: WorklistSort) -> list[Any]:
     return arrival
 
 
-def worklist(session: Session, *, status: str | None = None, flagged: bool | None = None, read: bool | None = None,
-             received_from: date | None = None, received_to: date | None = None, text: str | None = None,
-             zone: tzinfo = timezone.utc, sort: str | WorklistSort = WorklistSort.PRIORITY, limit: int = 200,
-             offset: int = 0) -> list[WorklistEntry]:
-    """By default the triage order: flagged studies first (highest score first), then everything else in
-    arrival order; read studies last within each of the two groups. Filters combine with AND; the received
-    days are days in ``zone``."""
-    filters = WorklistFilter(status, flagged, read, received_from, received_to, text, zone)
+@dataclass(frozen=True)
+class _Judgement:
+    """What an entry's derived fields need besides its row: the borderline band, each model's validated
+    population (and the newest model's, for studies without a result yet) and the time now."""
+
+    band: float
+    populations: dict[str, dict[str, Any]]
+    default_population: dict[str, Any]
+    now: datetime
+
+    def population(self, model_sha256: str | None) -> dict[str, Any]:
+        return self.populations.get(model_sha256, {}) if model_sha256 else self.default_population
+
+
+def _judgement(session: Session, model_shas: set[str | None], band: float, now: datetime | None) -> _Judgement:
+    newest = session.scalars(select(ModelVersion.sha256).order_by(ModelVersion.registered_at.desc()).limit(1)).first()
+    wanted = {sha for sha in model_shas if sha} | ({newest} if newest else set())
+    populations: dict[str, dict[str, Any]] = {}
+    if wanted:
+        for sha, metadata in session.execute(select(ModelVersion.sha256, ModelVersion.metadata_json)
+                                             .where(ModelVersion.sha256.in_(wanted))):
+            population = metadata.get("validated_population") if isinstance(metadata, dict) else None
+            populations[sha] = population if isinstance(population, dict) else {}
+    return _Judgement(band, populations, populations.get(newest, {}) if newest else {}, now or utcnow())
+
+
+def worklist(session: Session, filters: WorklistFilter | None = None, *,
+             sort: str | WorklistSort = WorklistSort.PRIORITY, limit: int = 200, offset: int = 0,
+             borderline_band: float = DEFAULT_BORDERLINE_BAND, now: datetime | None = None,
+             **criteria: Any) -> list[WorklistEntry]:
+    """The studies ``filters`` (or the WorklistFilter fields given as keywords) match, by default in the triage
+    order (see WorklistSort). Filters combine with AND; the received days are days in the filter's zone."""
+    filters = filters or WorklistFilter(**criteria)
     images, failed = _image_counts()
     query = (
         select(Study, images.label("images"), failed.label("failed"), ModelVersion.trained)
@@ -422,16 +552,14 @@ def worklist(session: Session, *, status: str | None = None, flagged: bool | Non
         .limit(limit)
         .offset(offset)
     )
-    query = _apply_filter(query, filters, images, failed)
-    return [_entry(study, count, failed_count, trained)
-            for study, count, failed_count, trained in session.execute(query)]
+    rows = session.execute(_apply_filter(query, filters, images, failed)).all()
+    judgement = _judgement(session, {row[0].model_sha256 for row in rows}, borderline_band, now)
+    return [_entry(study, count, failed_count, trained, judgement) for study, count, failed_count, trained in rows]
 
 
-def worklist_total(session: Session, *, status: str | None = None, flagged: bool | None = None,
-                   read: bool | None = None, received_from: date | None = None, received_to: date | None = None,
-                   text: str | None = None, zone: tzinfo = timezone.utc) -> int:
+def worklist_total(session: Session, filters: WorklistFilter | None = None, **criteria: Any) -> int:
     """How many studies the same filters match (for paging)."""
-    filters = WorklistFilter(status, flagged, read, received_from, received_to, text, zone)
+    filters = filters or WorklistFilter(**criteria)
     images, failed = _image_counts()
     query = _apply_filter(select(func.count(Study.id)), filters, images, failed)
     return int(session.scalar(query) or 0)
@@ -443,7 +571,56 @@ def _state(study: Study, images: int, failed: int) -> str:
     return study.status.value.lower()
 
 
-def _entry(study: Study, images: int, failed: int, trained: bool | None) -> WorklistEntry:
+def is_borderline(score: float | None, threshold: float | None, band: float) -> bool:
+    """Below the threshold by at most ``band`` (threshold - band <= score < threshold): not flagged, but close."""
+    if score is None or threshold is None or band <= 0:
+        return False
+    return threshold - band <= score < threshold
+
+
+def _age_range_text(name: str, low: float | None, high: float | None) -> str:
+    if low is None and high is None:
+        return f"{name}: any age"
+    if high is None:
+        return f"{name}: {low:g} y and over"
+    if low is None:
+        return f"{name}: up to {high:g} y"
+    return f"{name}: {low:g}–{high:g} y"
+
+
+def _age_ranges(population: dict[str, Any]) -> list[tuple[str, float | None, float | None]] | None:
+    """(name, lowest, highest age in years) of each validated population; None when any range is unknown."""
+    ages = population.get("age_years")
+    if not isinstance(ages, dict) or not ages:
+        return None
+    ranges = []
+    for name, span in ages.items():
+        if not (isinstance(span, (list, tuple)) and len(span) == 2 and
+                all(bound is None or (isinstance(bound, (int, float)) and not isinstance(bound, bool))
+                    for bound in span)):
+            return None  # a population of unknown ages might hold anyone: no verdict
+        ranges.append((str(name), span[0], span[1]))
+    return ranges
+
+
+def outside_validated_population(age_years: int | None, population: dict[str, Any]
+                                 ) -> tuple[bool | None, str | None]:
+    """Whether a patient of this age lies outside every age range the model was validated on, and why; (None,
+    None) when the age is unknown or the model records no usable age ranges."""
+    ranges = _age_ranges(population) if age_years is not None else None
+    if age_years is None or ranges is None:
+        return None, None
+    if any((low is None or age_years >= low) and (high is None or age_years <= high) for _, low, high in ranges):
+        return False, None
+    validated = "; ".join(_age_range_text(*entry) for entry in ranges)
+    return True, f"age {age_years} y is outside the ages the model was validated on ({validated})"
+
+
+def _entry(study: Study, images: int, failed: int, trained: bool | None, judgement: _Judgement) -> WorklistEntry:
+    outside, outside_reason = outside_validated_population(study.patient_age_years,
+                                                           judgement.population(study.model_sha256))
+    received_at = as_utc(study.received_at)
+    assert received_at is not None
     return WorklistEntry(
         study_uid=study.study_instance_uid,
         patient_name=study.patient_name,
@@ -459,7 +636,7 @@ def _entry(study: Study, images: int, failed: int, trained: bool | None) -> Work
         model_version=study.model_version,
         model_sha256=study.model_sha256,
         model_trained=trained,
-        received_at=as_utc(study.received_at),  # type: ignore[arg-type]
+        received_at=received_at,
         flagged_at=as_utc(study.flagged_at),
         images=images,
         state=_state(study, images, failed),
@@ -467,6 +644,17 @@ def _entry(study: Study, images: int, failed: int, trained: bool | None) -> Work
         time_to_flag_s=study.time_to_flag_s,
         read_at=as_utc(study.read_at),
         read_by=study.read_by,
+        patient_age_years=study.patient_age_years,
+        patient_sex=study.patient_sex,
+        modality=study.modality,
+        institution=study.institution,
+        station=study.station,
+        priority=study.priority,
+        borderline=not study.flag and is_borderline(study.score, study.threshold, judgement.band),
+        outside_validated_population=outside,
+        outside_validated_population_reason=outside_reason,
+        waiting_seconds=(None if study.read_at is not None
+                         else max(0.0, (judgement.now - received_at).total_seconds())),
     )
 
 
@@ -502,7 +690,8 @@ def study_exists(session: Session, study_uid: str) -> bool:
     return session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid)) is not None
 
 
-def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
+def study_detail(session: Session, study_uid: str, *, borderline_band: float = DEFAULT_BORDERLINE_BAND,
+                 now: datetime | None = None) -> dict[str, Any] | None:
     """One study with its instances (each with its own score, threshold and decision), or None."""
     study = session.scalars(
         select(Study).where(Study.study_instance_uid == study_uid).options(selectinload(Study.instances))
@@ -511,7 +700,8 @@ def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
         return None
     trained = session.scalar(select(ModelVersion.trained).where(ModelVersion.sha256 == study.model_sha256))
     failed = sum(i.status == InstanceStatus.FAILED for i in study.instances)
-    detail = _entry(study, len(study.instances), failed, trained).to_dict()
+    judgement = _judgement(session, {study.model_sha256}, borderline_band, now)
+    detail = _entry(study, len(study.instances), failed, trained, judgement).to_dict()
     thresholds = dict(session.execute(
         select(Result.instance_id, Result.threshold)
         .join(Instance, and_(Instance.id == Result.instance_id, Instance.model_sha256 == Result.model_sha256))

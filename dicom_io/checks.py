@@ -6,27 +6,20 @@ from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset
 
+from dicom_io.reasons import Reason
 from dicom_io.sop_classes import RADIOGRAPH_SOP_CLASSES, SECONDARY_CAPTURE_SOP_CLASSES
 
 CHEST_WORDS = ("CHEST", "THORAX", "LUNG", "CXR", "TORAX", "POUMON", "BRUST")
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 FRONTAL_VIEWS = {"PA", "AP"}
 
-# Stable reason codes (shown on the worklist, returned by the API); their words live in worklist.presentation.
-LATERAL_VIEW = "LATERAL_VIEW"
-NOT_CHEST = "NOT_CHEST"
-MULTIFRAME = "MULTIFRAME"
-NO_PIXEL_DATA = "NO_PIXEL_DATA"
-UNREADABLE_PIXEL_DATA = "UNREADABLE_PIXEL_DATA"
-UNSUPPORTED_SOP_CLASS = "UNSUPPORTED_SOP_CLASS"
-BLANK_IMAGE = "BLANK_IMAGE"
 
 @dataclass(frozen=True)
 class Assessment:
     """The decision, its reason code when negative, and what had to be assumed for want of tags."""
 
     analysable: bool
-    reason: str | None = None
+    reason: Reason | None = None
     assumptions: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -42,11 +35,11 @@ def assess(ds: Dataset) -> Assessment:
     """Decide analysability from SOP class, pixel presence, frames, body part and view."""
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in RADIOGRAPH_SOP_CLASSES + SECONDARY_CAPTURE_SOP_CLASSES:
-        return Assessment(False, UNSUPPORTED_SOP_CLASS)
+        return Assessment(False, Reason.UNSUPPORTED_SOP_CLASS)
     if "PixelData" not in ds:
-        return Assessment(False, NO_PIXEL_DATA)
+        return Assessment(False, Reason.NO_PIXEL_DATA)
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return Assessment(False, MULTIFRAME)
+        return Assessment(False, Reason.MULTIFRAME)
 
     assumptions: list[str] = []
     body_part = str(ds.get("BodyPartExamined", "")).strip().upper()
@@ -54,14 +47,14 @@ def assess(ds: Dataset) -> Assessment:
     described += " " + _code_meanings(ds, "AnatomicRegionSequence")
     if body_part:
         if not any(word in body_part for word in CHEST_WORDS):
-            return Assessment(False, NOT_CHEST)
+            return Assessment(False, Reason.NOT_CHEST)
     elif not any(word in described for word in CHEST_WORDS):
         assumptions.append("body part assumed chest")
 
     view = str(ds.get("ViewPosition", "")).strip().upper()
     view_codes = _code_meanings(ds, "ViewCodeSequence")
     if view in LATERAL_VIEWS or "LATERAL" in view_codes:
-        return Assessment(False, LATERAL_VIEW)
+        return Assessment(False, Reason.LATERAL_VIEW)
     if view not in FRONTAL_VIEWS and not any(w in view_codes for w in ("POSTERO-ANTERIOR", "ANTERO-POSTERIOR")):
         assumptions.append("view assumed frontal")
     return Assessment(True, None, tuple(assumptions))

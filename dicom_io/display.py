@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from dicom_io.checks import BLANK_IMAGE
+from dicom_io.reasons import Reason
 from dicom_io.polarity import looks_inverted
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ _PROBE = np.array([-1e12, 1e12], dtype=np.float64)
 class PixelDataError(ValueError):
     """The pixels cannot be turned into an image; ``reason`` is a stable code for the worklist."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -65,14 +65,14 @@ def _check_native_length(ds: Dataset) -> None:
     expected = math.ceil(pixels / 8) if bits == 1 else pixels * (bits // 8)
     actual = len(ds.PixelData)
     if actual not in (expected, expected + 1):  # one pad byte keeps the value length even
-        raise PixelDataError("UNREADABLE_PIXEL_DATA",
+        raise PixelDataError(Reason.UNREADABLE_PIXEL_DATA,
                              f"pixel data is {actual} bytes, the header implies {expected}")
 
 
 def decode_pixels(ds: Dataset) -> np.ndarray:
     """The first frame as stored (grayscale; colour secondary captures reduced to luminance)."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise PixelDataError("NO_PIXEL_DATA", "the dataset has no pixel data")
+        raise PixelDataError(Reason.NO_PIXEL_DATA, "the dataset has no pixel data")
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         if rows <= 0 or columns <= 0:
@@ -82,14 +82,14 @@ def decode_pixels(ds: Dataset) -> np.ndarray:
     except PixelDataError:
         raise
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError on corrupt data
-        raise PixelDataError("UNREADABLE_PIXEL_DATA", f"{type(exc).__name__}: {exc}") from exc
+        raise PixelDataError(Reason.UNREADABLE_PIXEL_DATA, f"{type(exc).__name__}: {exc}") from exc
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         arr = arr[0]
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         # pydicom already converted YBR to RGB; ITU-R BT.601 luma.
         arr = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
     if arr.ndim != 2:
-        raise PixelDataError("UNREADABLE_PIXEL_DATA", f"unexpected pixel array shape {arr.shape}")
+        raise PixelDataError(Reason.UNREADABLE_PIXEL_DATA, f"unexpected pixel array shape {arr.shape}")
     return arr
 
 
@@ -166,10 +166,10 @@ def render(ds: Dataset, *, check_polarity: bool = True) -> Rendering:
         else:
             low, high = _robust_window(np.asarray(values), padding)
     except Exception as exc:
-        raise PixelDataError("UNREADABLE_PIXEL_DATA", f"LUT/window failed: {type(exc).__name__}: {exc}") from exc
+        raise PixelDataError(Reason.UNREADABLE_PIXEL_DATA, f"LUT/window failed: {type(exc).__name__}: {exc}") from exc
     values = np.asarray(values, dtype=np.float64)
     if not (math.isfinite(low) and math.isfinite(high)) or not np.isfinite(values).all():
-        raise PixelDataError(BLANK_IMAGE, "non-finite values after the rescale or window (header values such as "
+        raise PixelDataError(Reason.BLANK_IMAGE, "non-finite values after the rescale or window (header values such as "
                                           "WindowCenter, WindowWidth, RescaleSlope out of range)")
     span = high - low if high > low else 1.0
     image = np.clip((values.astype(np.float32) - np.float32(low)) / np.float32(span), 0.0, 1.0)
@@ -194,7 +194,7 @@ def _refuse_blank(image: np.ndarray, padding: np.ndarray | None) -> None:
     inside = image[~padding] if padding is not None else image.ravel()
     spread = float(inside.std()) if inside.size else 0.0
     if spread < BLANK_SPREAD:
-        raise PixelDataError(BLANK_IMAGE, f"the display image is constant or nearly so (standard deviation "
+        raise PixelDataError(Reason.BLANK_IMAGE, f"the display image is constant or nearly so (standard deviation "
                                           f"{spread:.4f} of the display range)")
 
 

@@ -40,6 +40,8 @@ from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DA, DT, TM, validate_value
 
+from dicom_io.reasons import Reason
+
 PRIVATE_SCHEME = "99CXRTRIAGE"
 SERIES_NUMBER = 9901
 SERIES_DESCRIPTION = "AI triage (cxr-triage) - not for diagnosis"
@@ -58,16 +60,20 @@ PNEUMONIA_SCORE = hd.sr.CodedConcept("PNEUMONIA_SCORE", PRIVATE_SCHEME, "Pneumon
 TRIAGE_FLAG = hd.sr.CodedConcept("TRIAGE_FLAG", PRIVATE_SCHEME, "Triage priority high")
 NOT_ANALYSED = hd.sr.CodedConcept("NOT_ANALYSED", PRIVATE_SCHEME, "Image not analysed")
 
-# Reason codes recorded by dicom_io.checks and the worker, in words (as in worklist.presentation, which sits above
-# this layer). An unknown code keeps the code itself as its meaning.
-REASON_MEANINGS = {
-    "LATERAL_VIEW": "Lateral view",
-    "NOT_CHEST": "Not a chest image",
-    "MULTIFRAME": "Multi-frame image",
-    "NO_PIXEL_DATA": "No pixel data",
-    "UNREADABLE_PIXEL_DATA": "Unreadable pixel data",
-    "UNSUPPORTED_SOP_CLASS": "Not a radiograph",
-    "BLANK_IMAGE": "Blank or constant image",
+# The Code Meaning of each reason code in the SR (the worklist's words for them live in worklist.presentation,
+# which sits above this layer; tests check both cover every code).
+REASON_MEANINGS: dict[str, str] = {
+    Reason.LATERAL_VIEW: "Lateral view",
+    Reason.NOT_CHEST: "Not a chest image",
+    Reason.MULTIFRAME: "Multi-frame image",
+    Reason.NO_PIXEL_DATA: "No pixel data",
+    Reason.UNREADABLE_PIXEL_DATA: "Unreadable pixel data",
+    Reason.UNSUPPORTED_SOP_CLASS: "Not a radiograph",
+    Reason.BLANK_IMAGE: "Blank or constant image",
+    Reason.SPOOL_FILE_MISSING: "File missing from the spool",
+    Reason.UNREADABLE_DICOM: "Unreadable DICOM file",
+    Reason.TOO_MANY_ATTEMPTS: "Gave up after repeated attempts",
+    Reason.INTERNAL_ERROR: "Internal error",
 }
 # Text VRs whose values are checked before a source's patient and study attributes are copied (UIDs are not: the
 # report could not join the study without them).

@@ -11,7 +11,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import CheckpointMetadata, save_checkpoint
-from model.data import (AugmentSpec, Sample, analysable, augment_batch, cached_dataset, deduplicate, discover,
-                        displays_from_cache, patient_split, resize_batch, sampling_weights)
+from model.data import (AugmentSpec, Sample, analysable, augment_batch, batch_to_model_input, cached_dataset,
+                        deduplicate, discover, displays_from_cache, patient_split, resize_batch, sampling_weights)
 from model.inference import pick_device, positive_probabilities
 from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
 from model.network import ARCHITECTURE, build_network
@@ -169,8 +169,8 @@ def predict_cache(network: torch.nn.Module, cache: np.ndarray, size: int, spec: 
     scores = []
     for start in range(0, len(cache), batch_size):
         displays = displays_from_cache(cache, np.arange(start, min(start + batch_size, len(cache))))
-        scores.append(positive_probabilities(network, normalize(resize_batch(displays, size), spec), device,
-                                             precision=precision))
+        scores.append(positive_probabilities(network, batch_to_model_input(displays, replace(spec, size=size)),
+                                             device, precision=precision))
     return np.concatenate(scores) if scores else np.zeros(0)
 
 

@@ -91,8 +91,11 @@ def test_bad_filter_is_a_client_error(client: TestClient) -> None:
 
 
 def test_health_needs_no_token(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"status": "ok", "workers_alive": 0, "worker_last_seen_s": None,
-                                             "worker_restarts": None}  # no worker has run against this database
+    assert client.get("/healthz").json() == {  # no worker has run against this database yet: not a failure
+        "status": "ok", "checks": {"database": "ok", "broker": "not_checked", "workers": "none_seen",
+                                   "spool_disk": "not_checked"},
+        "workers_alive": 0, "worker_last_seen_s": None, "worker_restarts": None, "spool_disk_used_percent": None,
+        "disk_watermark_percent": 90.0}
 
 
 def test_named_tokens_are_who_the_audit_records(client: TestClient) -> None:
@@ -169,12 +172,12 @@ def test_metrics_need_the_token_and_count_from_the_database(client: TestClient) 
     add_study(client, "5.2", "5.2.1", score=None, status=InstanceStatus.FAILED, reason="NO_PIXEL_DATA")
     text = client.get("/metrics", headers=AUTH).text
     assert "cxr_triage_instances_received_total 2.0" in text
-    assert 'cxr_triage_instances_processed_total{outcome="done"} 1.0' in text
-    assert 'cxr_triage_instances_failed_total{reason="NO_PIXEL_DATA"} 1.0' in text
+    assert 'cxr_triage_instances_processed{outcome="done"} 1.0' in text  # current states: gauges
+    assert 'cxr_triage_instances_failed{reason="NO_PIXEL_DATA"} 1.0' in text
     assert 'cxr_triage_queue_depth{state="queued"} 0.0' in text
     assert 'cxr_triage_score_bucket{le="0.7",model_version="m1"} 1.0' in text
     assert 'cxr_triage_score_bucket{le="0.6",model_version="m1"} 0.0' in text
-    assert "cxr_triage_receive_to_flag_seconds_count 2.0" in text
+    assert "cxr_triage_receive_to_flag_seconds_gcount 2.0" in text  # a gauge histogram: values are replaced
     assert "cxr_triage_untrained_model_in_use 1.0" in text
 
 

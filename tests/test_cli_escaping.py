@@ -19,6 +19,14 @@ def _entry(name: str) -> WorklistEntry:
         state="done", failed_images=0, time_to_flag_s=None, read_at=None, read_by=None)
 
 
+def _column(table_text: str, name: str) -> str:
+    """One column's text, its cells' folded lines joined (a long value folds over lines between the borders)."""
+    rows = [line.split("│") for line in table_text.splitlines() if line.startswith("│")]
+    header = next(line.split("┃") for line in table_text.splitlines() if line.startswith("┃"))
+    index = [cell.strip() for cell in header].index(name)
+    return "".join(row[index].strip() for row in rows)
+
+
 def test_worklist_table_prints_markup_in_header_text_literally(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from triage import cli
 
@@ -26,6 +34,6 @@ def test_worklist_table_prints_markup_in_header_text_literally(monkeypatch) -> N
     monkeypatch.setattr(cli, "console", recorder)
     cli.print_worklist([_entry("[/]X^EVIL"), _entry("[link=https://attacker.example]SMITH[/link]")], False)
     text = recorder.export_text()
-    assert "[/]X^EVIL" in text and "[bold]ID[/bold]" in text and "[/]A1" in text and "m[/]1" in text
-    assert "[link=" in text and "SMITH[/link]" in text.replace("\n", "").replace(" ", "")
+    assert "[/]X, EVIL" in text and "[bold]ID[/bold]" in text and "[/]A1" in text and "m[/]1" in text
+    assert "[link=" in text and "SMITH[/link]" in _column(text, "patient")
     assert "href=" not in recorder.export_html()  # no value became a link

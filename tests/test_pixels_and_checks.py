@@ -114,12 +114,15 @@ def test_a_blank_display_ends_with_a_reason_not_a_score(changes: dict[str, objec
 
 def test_every_reason_code_has_its_words_on_the_worklist() -> None:
     """The codes are made in dicom_io and the worker; the page, API and CLI show them with words from one table."""
-    import dicom_io.checks
-    import dicom_io.display
-    import worker.pipeline
+    from dicom_io.reasons import Reason
     from worklist.presentation import REASON_TEXT
 
-    codes = {value for module in (dicom_io.checks, dicom_io.display, worker.pipeline)
-             for name, value in vars(module).items() if isinstance(value, str) and name == value and name.isupper()}
-    assert {"LATERAL_VIEW", "BLANK_IMAGE", "TOO_MANY_ATTEMPTS"} <= codes
-    assert codes - set(REASON_TEXT) == set()
+    assert {code.value for code in Reason} - set(REASON_TEXT) == set()
+    assert set(REASON_TEXT) - {code.value for code in Reason} == set()  # no words for a code nobody makes
+
+
+def test_every_reason_code_has_its_meaning_in_the_structured_report() -> None:
+    from dicom_io.reasons import Reason
+    from dicom_io.report_sr import REASON_MEANINGS
+
+    assert set(Reason) == set(REASON_MEANINGS)

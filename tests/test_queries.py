@@ -26,18 +26,20 @@ def test_study_score_is_the_highest_image_score_and_flags_above_threshold(sessio
     assert entry.images == 2 and entry.model_version == "m1" and entry.flagged_at is not None
 
 
-def test_worklist_puts_flagged_first_by_score_then_arrival(sessions: sessionmaker[Session]) -> None:
+def test_worklist_puts_the_newest_flag_first_then_arrival(sessions: sessionmaker[Session]) -> None:
     items = {name: receive(sessions, f"2.{i}", f"8.{i}") for i, name in enumerate("abcd")}
     process(sessions, items["a"], 0.1)  # oldest, not flagged
-    process(sessions, items["b"], 0.7)
     process(sessions, items["c"], 0.9)
+    process(sessions, items["b"], 0.7)  # flagged last: first, whatever its score
     process(sessions, items["d"], None, InstanceStatus.NOT_ANALYSED, "LATERAL_VIEW")
     with sessions() as session:
         order = [entry.study_uid for entry in queries.worklist(session)]
+        by_score = [entry.study_uid for entry in queries.worklist(session, sort="flagged_score")]
         flagged = [entry.study_uid for entry in queries.worklist(session, flagged=True)]
         not_analysed = queries.worklist(session, status="NOT_ANALYSED")
-    assert order == ["8.2", "8.1", "8.0", "8.3"]
-    assert flagged == ["8.2", "8.1"]
+    assert order == ["8.1", "8.2", "8.0", "8.3"]
+    assert by_score == ["8.2", "8.1", "8.0", "8.3"]
+    assert flagged == ["8.1", "8.2"]
     assert [(e.study_uid, e.reason) for e in not_analysed] == [("8.3", "LATERAL_VIEW")]
 
 

@@ -33,24 +33,28 @@ def mark(sessions: sessionmaker[Session], study: str, read: bool, actor: str = "
         assert queries.set_read(session, study, read=read, actor=actor) is not None
 
 
-def test_read_studies_drop_to_the_bottom_of_their_group_and_never_leave(sessions: sessionmaker[Session]) -> None:
+def test_read_studies_drop_to_the_bottom_and_never_leave(sessions: sessionmaker[Session]) -> None:
     add(sessions, "1.1", "s.old", 0.1)  # oldest, not flagged
     add(sessions, "1.2", "s.high", 0.9)
-    add(sessions, "1.3", "s.mid", 0.7)
+    add(sessions, "1.3", "s.mid", 0.7)  # flagged after s.high: the newer flag comes first
     add(sessions, "1.4", "s.new", 0.2)
     add(sessions, "1.5", "s.newest", 0.3)
-    assert order(sessions) == ["s.high", "s.mid", "s.old", "s.new", "s.newest"]
+    assert order(sessions) == ["s.mid", "s.high", "s.old", "s.new", "s.newest"]
+    assert order(sessions, sort="flagged_score") == ["s.high", "s.mid", "s.old", "s.new", "s.newest"]
     mark(sessions, "s.high", True)
     mark(sessions, "s.old", True)
-    # Still flagged first: a read flagged study stays above every unflagged one.
-    assert order(sessions) == ["s.mid", "s.high", "s.new", "s.newest", "s.old"]
+    # Read studies go below every unread one, in the same order among themselves.
+    assert order(sessions) == ["s.mid", "s.new", "s.newest", "s.high", "s.old"]
+    # The earlier order keeps a read flagged study above every unflagged one.
+    assert order(sessions, sort="flagged_score") == ["s.mid", "s.high", "s.new", "s.newest", "s.old"]
     with sessions() as session:
         entry = {e.study_uid: e for e in queries.worklist(session)}["s.high"]
     assert entry.read and entry.read_by == "dr-a" and entry.read_at is not None
     assert order(sessions, read=False) == ["s.mid", "s.new", "s.newest"]
     assert order(sessions, read=True) == ["s.high", "s.old"]
     mark(sessions, "s.high", False)
-    assert order(sessions) == ["s.high", "s.mid", "s.new", "s.newest", "s.old"]
+    # Unread again, but its flag is not new: it stays below the newer flag.
+    assert order(sessions) == ["s.mid", "s.high", "s.new", "s.newest", "s.old"]
 
 
 def test_a_new_image_makes_a_read_study_unread(sessions: sessionmaker[Session]) -> None:

@@ -57,6 +57,7 @@ def _wait_for_stop() -> None:
 def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = None) -> uvicorn.Server:
     """The worklist server; refuses to leave loopback without an API token (the page shows patient data)."""
     from dicom_io.spool import disk_used_percent
+    from triage.broker_check import broker_check
     from worklist.app import create_app
 
     if not (settings.api_token or settings.api_tokens) and not _is_loopback(settings.web_host):
@@ -65,7 +66,9 @@ def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = N
     app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
                       api_tokens=settings.api_tokens, timezone=settings.timezone,
                       spool_disk_used=lambda: disk_used_percent(settings.spool_dir),
-                      disk_watermark_percent=settings.disk_watermark_percent, worker_restarts=worker_restarts)
+                      disk_watermark_percent=settings.disk_watermark_percent, worker_restarts=worker_restarts,
+                      broker_ok=broker_check(worker_config(settings)),
+                      borderline_band=settings.borderline_band)
     config = uvicorn.Config(app_, host=settings.web_host, port=settings.web_port, log_level=settings.log_level.lower(),
                             ssl_certfile=settings.web_tls_cert, ssl_keyfile=settings.web_tls_key)
     logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers
@@ -162,6 +165,15 @@ def show_worklist(
     flagged: Annotated[bool, typer.Option("--flagged", help="Only flagged studies.")] = False,
     unread: Annotated[bool, typer.Option("--unread", help="Only studies nobody has marked read.")] = False,
     search: Annotated[Optional[str], typer.Option(help="Words to find in patient name, ID or accession.")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="Only this modality (CR, DX…).")] = None,
+    sex: Annotated[Optional[queries.PatientSex], typer.Option(help="Only this patient sex.")] = None,
+    priority: Annotated[Optional[queries.OrderPriority], typer.Option(help="Only this order priority.")] = None,
+    age_min: Annotated[Optional[int], typer.Option(min=0, help="Patient at least this old (years).")] = None,
+    age_max: Annotated[Optional[int], typer.Option(min=0, help="Patient at most this old (years).")] = None,
+    institution: Annotated[Optional[str], typer.Option(help="Text in the institution name.")] = None,
+    sort: Annotated[queries.WorklistSort, typer.Option(
+        help="priority: unread flagged (STAT, then newest flag first), unread others (STAT, then arrival), read "
+             "last; flagged_score: flagged first by score.")] = queries.WorklistSort.PRIORITY,
     limit: Annotated[int, typer.Option(help="At most this many studies.")] = 200,
 ) -> None:
     """Print the prioritized worklist (the same order and fields as the page and GET /api/worklist)."""
@@ -171,31 +183,58 @@ def show_worklist(
         raise typer.BadParameter(f"{status!r} is not one of {', '.join(queries.WorklistStatus.__members__)}",
                                  param_hint="--status")
     settings = _settings()
+    filters = queries.WorklistFilter(
+        status=status, flagged=True if flagged else None, read=False if unread else None, text=search,
+        modality=modality, sex=sex.value if sex else None, priority=priority.value if priority else None,
+        age_min=age_min, age_max=age_max, institution=institution)
     engine, sessions = open_database(settings.effective_database_url)
     with sessions() as session:
-        entries = queries.worklist(session, status=status, flagged=True if flagged else None,
-                                   read=False if unread else None, text=search, limit=limit)
+        entries = queries.worklist(session, filters, sort=sort, limit=limit,
+                                   borderline_band=settings.borderline_band)
         untrained = queries.untrained_models_in_use(session)
     engine.dispose()
     if as_json:
         print(json.dumps([entry.to_dict() for entry in entries], indent=2))
         return
-    print_worklist(entries, untrained, settings.timezone)
+    print_worklist(entries, untrained, settings.timezone, sort)
 
 
-def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezone: str = "UTC") -> None:
+SORT_TITLES = {
+    queries.WorklistSort.PRIORITY: "unread flagged first (STAT, then newest flag), then unread others (STAT, then "
+                                   "arrival order); read studies last",
+    queries.WorklistSort.FLAGGED_SCORE: "flagged first by score, then arrival order; read studies last in each group",
+}
+
+
+def _flag_cell(entry: queries.WorklistEntry) -> str:
+    if entry.flag:
+        return "[bold white on red]FLAGGED[/]"
+    if entry.score is None:
+        return "—"
+    return "not flagged (borderline)" if entry.borderline else "not flagged"
+
+
+def _context_cell(entry: queries.WorklistEntry) -> str:
+    """Age/sex, priority, modality: "67 y F, STAT, CR"; "outside validated population" when the model says so."""
+    age = f"{entry.patient_age_years} y" if entry.patient_age_years is not None else "age ?"
+    parts = [f"{age} {entry.patient_sex or '?'}", entry.priority or "", entry.modality or ""]
+    text = ", ".join(part for part in parts if part)
+    return text + ("; outside validated population" if entry.outside_validated_population else "")
+
+
+def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezone: str = "UTC",
+                   sort: queries.WorklistSort = queries.WorklistSort.PRIORITY) -> None:
     from zoneinfo import ZoneInfo
 
-    from worklist.presentation import (TRIAGE_NOTICE, UNTRAINED_NOTICE, duration, local_time, reason_text, score,
-                                       status_text)
+    from worklist.presentation import (TRIAGE_NOTICE, UNTRAINED_NOTICE, duration, local_time, person_name,
+                                       reason_text, score, status_text)
 
     if untrained:
         console.print(f"[bold white on red] {UNTRAINED_NOTICE} [/]")
-    table = Table(title="Worklist (flagged first by score, then arrival order; read studies last in each group)",
-                  caption=TRIAGE_NOTICE)
+    table = Table(title=f"Worklist ({SORT_TITLES.get(sort, 'sorted by ' + sort.value)})", caption=TRIAGE_NOTICE)
     received = f"received ({timezone})"
     keep_whole = {"flag", "score", "images", received, "to flag", "model"}
-    for column in ("flag", "score", "status", "patient", "accession", "description", "images", received,
+    for column in ("flag", "score", "status", "patient", "context", "accession", "description", "images", received,
                    "to flag", "model", "read"):
         table.add_column(column, no_wrap=column in keep_whole, overflow="fold",
                          max_width=None if column in keep_whole else 28)
@@ -205,10 +244,11 @@ def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezo
             status += f" ({reason_text(e.reason)})"
         # Every value that came from a file or a user is escaped: header text such as "[/]" is not rich markup.
         table.add_row(
-            "[bold white on red]FLAGGED[/]" if e.flag else ("not flagged" if e.score is not None else "—"),
+            _flag_cell(e),
             score(e.score),
             escape(status),
-            escape(f"{e.patient_name} ({e.patient_id})"),
+            escape(f"{person_name(e.patient_name)} ({e.patient_id})"),
+            escape(_context_cell(e)),
             escape(e.accession_number or ""),
             escape(e.study_description or ""),
             str(e.images),

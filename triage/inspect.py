@@ -10,6 +10,7 @@ from PIL import Image
 
 from dicom_io.display import PixelDataError, describe_window
 from dicom_io.files import read_dataset
+from dicom_io.reasons import Reason
 from model.preprocess import PreprocessSpec
 from model.preparation import prepare
 
@@ -51,7 +52,7 @@ def inspect_file(path: Path, spec: PreprocessSpec, png_dir: Path | None = None) 
     try:
         ds = read_dataset(path)
     except Exception as exc:
-        return Inspection(str(path), False, "UNREADABLE_DICOM", f"{type(exc).__name__}: {exc}", [], None, None,
+        return Inspection(str(path), False, Reason.UNREADABLE_DICOM, f"{type(exc).__name__}: {exc}", [], None, None,
                           None, None, None, None, None, None)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     result = Inspection(

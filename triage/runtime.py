@@ -29,6 +29,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_retries=settings.task_max_retries,
         previews_dir=(settings.data_dir / "previews").resolve(),
         disk_watermark_percent=settings.disk_watermark_percent,
+        priority_by_calling_aet=dict(settings.priority_by_calling_aet),
     )
 
 
@@ -97,6 +98,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, list):
             value = ",".join(value)
+        elif isinstance(value, dict):
+            value = ",".join(f"{key}={item}" for key, item in value.items())
         elif isinstance(value, Path):
             value = str(value.resolve())
         env[f"TRIAGE_{name.upper()}"] = str(value)

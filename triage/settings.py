@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Calling AE titles allowed to associate; empty = any AE title, but only from loopback.",
     )
+    priority_by_calling_aet: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Order priority for images that carry none, by calling AE title: 'ER_CR=STAT,ICU_DX=HIGH' "
+                    "(STAT, HIGH, ROUTINE, MEDIUM or LOW); a priority in the file always wins.")
     accept_secondary_capture: bool = True
     dicom_max_associations: int = Field(25, ge=1, description="Concurrent DICOM associations; more are rejected.")
     dicom_max_pdu_size: int = Field(4 * 1024 * 1024, ge=0, description="Largest PDU we accept, in bytes (0 = no "
@@ -49,6 +53,9 @@ class Settings(BaseSettings):
 
     model: str = Field("", description="Checkpoint path; empty = the shipped default.")
     threshold: float | None = Field(None, description="Site override of the checkpoint's operating threshold.")
+    borderline_band: float = Field(
+        0.05, ge=0, lt=1, description="A study scoring within this much below the threshold (threshold - band <= "
+                                      "score < threshold) is marked borderline on the worklist; 0 = never.")
     device: str = Field("", description="torch device for inference; empty = cuda when available, else cpu.")
 
     sweep_interval_s: float = Field(10.0, description="How often the outbox sweeper looks for stranded instances.")
@@ -89,6 +96,34 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("priority_by_calling_aet", mode="before")
+    @classmethod
+    def _split_priority_rules(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        rules: dict[str, str] = {}
+        for part in (part.strip() for part in value.split(",")):
+            aet, sep, priority = part.partition("=")
+            if part and not (sep and aet.strip()):
+                raise ValueError(f"{part!r} is not AET=PRIORITY")
+            if part:
+                rules[aet.strip()] = priority
+        return rules
+
+    @field_validator("priority_by_calling_aet")
+    @classmethod
+    def _known_priorities(cls, value: dict[str, str]) -> dict[str, str]:
+        from dicom_io.header import PRIORITIES, normalise_priority
+
+        rules = {}
+        for aet, priority in value.items():
+            known = normalise_priority(priority)
+            if known is None or len(aet) > 16:
+                raise ValueError(f"{aet}={priority}: the AE title has at most 16 characters and the priority is one "
+                                 f"of {', '.join(PRIORITIES)}")
+            rules[aet] = known
+        return rules
 
     @field_validator("result_destinations", mode="before")
     @classmethod

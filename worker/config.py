@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -25,6 +25,8 @@ class WorkerConfig:
     max_retries: int = 8  # task retries while the database is away (back-off up to 300 s between tries)
     previews_dir: Path | None = None  # where the worker writes preview and heat map PNGs; None = none written
     disk_watermark_percent: float = 90.0  # above this share of the spool's disk in use, C-STOREs get 0xA700
+    # Calling AE title → order priority (STAT, HIGH…) for images that carry none (an ER's CR room sends STAT).
+    priority_by_calling_aet: dict[str, str] = field(default_factory=dict)
 
     @property
     def uses_embedded_broker(self) -> bool:

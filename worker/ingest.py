@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from dicom_io.header import InstanceHeader
 from dicom_io.listener import OutOfResources, ReceivedInstance, RejectedInstance
 from dicom_io.spool import Spool
 
@@ -25,8 +26,10 @@ class Ingestor:
     """Implements dicom_io's Receiver: makes an instance durable before the sender hears 0x0000."""
 
     def __init__(self, spool: Spool, sessions: sessionmaker[Session], rejected_dir: Path, publish: Publish,
-                 disk_watermark_percent: float = 90.0) -> None:
+                 disk_watermark_percent: float = 90.0, priority_by_calling_aet: Mapping[str, str] | None = None
+                 ) -> None:
         self.spool = spool
+        self.priority_by_calling_aet = {aet.strip(): value for aet, value in (priority_by_calling_aet or {}).items()}
         self.disk_watermark_percent = disk_watermark_percent
         self.sessions = sessions
         self.rejected_dir = rejected_dir
@@ -44,7 +47,8 @@ class Ingestor:
         except OSError as exc:
             raise OutOfResources(f"spool write failed: {exc.strerror or exc}") from exc
         # The same fields by design: db may not import dicom_io, so it has its own record type.
-        record = queries.ReceivedRecord(**asdict(header), spool_path=str(path), size_bytes=len(instance.data),
+        record = queries.ReceivedRecord(**asdict(self._with_sender_priority(header, instance.calling_ae)),
+                                        spool_path=str(path), size_bytes=len(instance.data),
                                         calling_ae=instance.calling_ae)
         try:
             with self.sessions.begin() as session:
@@ -55,6 +59,12 @@ class Ingestor:
             raise OutOfResources(f"database write failed: {type(exc).__name__}") from exc
         self.publish(item)
         return item
+
+    def _with_sender_priority(self, header: InstanceHeader, calling_ae: str) -> InstanceHeader:
+        """The file's own order priority wins; without one, the sender's rule (if any) gives it."""
+        if header.priority is not None:
+            return header
+        return replace(header, priority=self.priority_by_calling_aet.get(calling_ae.strip()))
 
     def reject(self, rejected: RejectedInstance) -> None:
         """Keep the refused payload and a row about it, so a person can see what a sender tried to send."""

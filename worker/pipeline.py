@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.engine import make_engine, make_session_factory, migrate
 from db.models import InstanceStatus
-from dicom_io.checks import NO_PIXEL_DATA, UNREADABLE_PIXEL_DATA
+from dicom_io.reasons import NO_USABLE_PIXELS, Reason
 from dicom_io.display import PixelDataError
 from model.checkpoint import CheckpointMetadata, default_checkpoint
 from model.inference import Classifier
@@ -22,11 +22,6 @@ from worker.previews import PreviewWriter, write_previews
 
 log = logging.getLogger(__name__)
 
-FAILURE_REASONS = {NO_PIXEL_DATA, UNREADABLE_PIXEL_DATA}  # the others are "readable, but not for the model"
-SPOOL_FILE_MISSING = "SPOOL_FILE_MISSING"
-UNREADABLE_DICOM = "UNREADABLE_DICOM"
-TOO_MANY_ATTEMPTS = "TOO_MANY_ATTEMPTS"
-INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 def checkpoint_path(config: WorkerConfig) -> Path:
@@ -67,7 +62,7 @@ class Pipeline:
             log.info("instance %d: nothing to do (finished, or superseded by a newer copy)", instance_id)
             return None
         if work.attempts > self.config.max_attempts:
-            outcome = queries.Outcome(InstanceStatus.FAILED, TOO_MANY_ATTEMPTS,
+            outcome = queries.Outcome(InstanceStatus.FAILED, Reason.TOO_MANY_ATTEMPTS,
                                       f"claimed {work.attempts} times without finishing")
         else:
             outcome = self.analyse(Path(work.spool_path))
@@ -83,23 +78,23 @@ class Pipeline:
         try:
             ds = dcmread(path, force=True)
         except FileNotFoundError:
-            return queries.Outcome(InstanceStatus.FAILED, SPOOL_FILE_MISSING, f"{path.name} is not in the spool")
+            return queries.Outcome(InstanceStatus.FAILED, Reason.SPOOL_FILE_MISSING, f"{path.name} is not in the spool")
         except Exception as exc:
-            return queries.Outcome(InstanceStatus.FAILED, UNREADABLE_DICOM, f"{type(exc).__name__}: {exc}")
+            return queries.Outcome(InstanceStatus.FAILED, Reason.UNREADABLE_DICOM, f"{type(exc).__name__}: {exc}")
         if "SOPClassUID" not in ds and "PixelData" not in ds:  # force=True turns any bytes into a "dataset"
-            return queries.Outcome(InstanceStatus.FAILED, UNREADABLE_DICOM, f"{path.name} is not a DICOM instance")
+            return queries.Outcome(InstanceStatus.FAILED, Reason.UNREADABLE_DICOM, f"{path.name} is not a DICOM instance")
         try:
             prepared = prepare(ds, self.classifier.preprocess)
             if prepared.model_input is None:
                 reason = prepared.assessment.reason
-                status = InstanceStatus.FAILED if reason in FAILURE_REASONS else InstanceStatus.NOT_ANALYSED
+                status = InstanceStatus.FAILED if reason in NO_USABLE_PIXELS else InstanceStatus.NOT_ANALYSED
                 return queries.Outcome(status, reason)
             score = float(self.classifier.score(prepared.model_input[None])[0])
         except PixelDataError as exc:
             return queries.Outcome(InstanceStatus.FAILED, exc.reason, exc.detail[:2000])
         except Exception as exc:  # a bug or a decoder surprise must not loop forever: dead-letter it
             log.exception("instance file %s: unexpected error", path.name)
-            return queries.Outcome(InstanceStatus.FAILED, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:2000])
+            return queries.Outcome(InstanceStatus.FAILED, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:2000])
         assert prepared.rendering is not None
         previews = write_previews(self.previews, path.stem, prepared.rendering.image, prepared.model_input[None],
                                   score)

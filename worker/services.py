@@ -40,7 +40,7 @@ class IngestService:
         self.celery = create_celery(config)
         self.publisher = TaskPublisher(self.celery, self.sessions)
         self.ingestor = Ingestor(Spool(config.spool_dir), self.sessions, config.rejected_dir, self.publisher,
-                                 config.disk_watermark_percent)
+                                 config.disk_watermark_percent, config.priority_by_calling_aet)
         self.sweeper = OutboxSweeper(config, self.sessions, self.publisher)
         self.listener = Listener(listener_config, self.ingestor) if listener_config else None
         self.reporter = None

@@ -14,16 +14,26 @@ from db import queries, reports
 from worklist import schemas
 from worklist.auth import identity
 from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session, image_url
+from worklist.openapi import FORBIDDEN, errors, problem
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE
 from worklist.problems import Problem
 
-router = APIRouter(prefix="/api", tags=["worklist"])
-PROBLEM = {"content": {"application/problem+json": {}}}
-ERRORS: dict[int | str, dict[str, Any]] = {401: {**PROBLEM, "description": "No valid bearer token"},
-                                           422: {**PROBLEM, "description": "Invalid parameters"}}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {**ERRORS, 404: {**PROBLEM, "description": "No such study"}}
+router = APIRouter(prefix="/api")  # each route names its tag (worklist, studies, images, model)
+NO_STUDY = (404, problem("No such study"))
+ERRORS = errors()
+NOT_FOUND = errors(NO_STUDY)
+CHANGE = errors(NO_STUDY, (403, FORBIDDEN))
 Identity = Annotated[str, Depends(identity)]
 Db = Annotated[Session, Depends(db_session)]
+
+
+SORT_DESCRIPTION = (
+    "priority (the default) never buries a new flag: (1) unread flagged studies whose order is STAT, newest flag "
+    "first; (2) the other unread flagged studies, newest flag first, so a study flagged a minute ago is on the first "
+    "page whatever the backlog; (3) unread studies without a flag (not flagged, pending, not analysed): STAT orders "
+    "first, then arrival order; (4) read studies, in the same order. flagged_score = the earlier order: flagged "
+    "first by highest score, then arrival order, read studies last in each group. The others: newest or oldest "
+    "received first, highest score first, patient name, accession number.")
 
 
 class WorklistQuery:
@@ -42,16 +52,29 @@ class WorklistQuery:
                                                            "(a day in the site's time zone, TRIAGE_TIMEZONE)"),
         q: str | None = Query(None, max_length=200, pattern=TEXT_PATTERN,
                               description="Words that must all occur in patient name, patient ID or accession"),
-        sort: queries.WorklistSort = Query(queries.WorklistSort.PRIORITY,
-                                           description="priority = flagged first by score, then arrival; "
-                                                       "read studies last in each group"),
+        modality: str | None = Query(None, max_length=16, pattern=TEXT_PATTERN,
+                                     description="Only this modality (CR, DX…; case ignored)"),
+        sex: queries.PatientSex | None = Query(None, description="Only this patient sex (M, F or O)"),
+        priority: queries.OrderPriority | None = Query(
+            None, description="Only this order priority (from the file, or the sender's rule "
+                              "TRIAGE_PRIORITY_BY_CALLING_AET)"),
+        age_min: int | None = Query(None, ge=0, le=200, description="Patient at least this old (years); studies of "
+                                                                     "unknown age are left out"),
+        age_max: int | None = Query(None, ge=0, le=200, description="Patient at most this old (years); studies of "
+                                                                     "unknown age are left out"),
+        institution: str | None = Query(None, max_length=200, pattern=TEXT_PATTERN,
+                                        description="Text that must occur in the institution name (case ignored)"),
+        sort: queries.WorklistSort = Query(queries.WorklistSort.PRIORITY, description=SORT_DESCRIPTION),
         limit: int = Query(200, ge=1, le=1000),
         offset: int = Query(0, ge=0, le=1_000_000_000),
     ) -> None:
         self.filters = dict(status=status.value if status else None, flagged=flagged, read=read,
                             received_from=received_from, received_to=received_to, text=q,
-                            zone=request.app.state.zone)
+                            zone=request.app.state.zone, modality=modality, sex=sex.value if sex else None,
+                            priority=priority.value if priority else None, age_min=age_min, age_max=age_max,
+                            institution=institution)
         self.sort, self.limit, self.offset = sort, limit, offset
+        self.borderline_band: float = request.app.state.borderline_band
 
 
 def notices(db: Session) -> dict[str, Any]:
@@ -62,7 +85,8 @@ def notices(db: Session) -> dict[str, Any]:
 
 
 def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
-    entries = queries.worklist(db, **params.filters, sort=params.sort, limit=params.limit, offset=params.offset)
+    entries = queries.worklist(db, **params.filters, sort=params.sort, limit=params.limit, offset=params.offset,
+                               borderline_band=params.borderline_band)
     return {
         **notices(db),
         "total": queries.worklist_total(db, **params.filters),
@@ -73,22 +97,27 @@ def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
     }
 
 
-@router.get("/worklist", response_model=schemas.Worklist, responses=ERRORS,
-            summary="The prioritized worklist (filters, sort, paging)")
+@router.get("/worklist", response_model=schemas.Worklist, responses=ERRORS, tags=["worklist"],
+            operation_id="getWorklist", summary="The prioritized worklist (filters, sort, paging)")
 def api_worklist(request: Request, who: Identity, db: Db, params: WorklistQuery = Depends()) -> dict[str, Any]:
+    """Every study, by default in the triage order (see the ``sort`` parameter): unread flagged STAT studies, the
+    other unread flagged studies newest flag first, unread unflagged studies (STAT first, then arrival order), then
+    read studies. Each item carries its context (age, sex, modality, institution, station, order priority), whether
+    its score is borderline, whether the patient lies outside the model's validated population, and how long an
+    unread study has waited. Triage support, not a diagnosis."""
     body = worklist_body(db, params)
     audit(request, who, "list")
     return body
 
 
-@router.get("/worklist/version", response_model=schemas.WorklistVersion, responses=ERRORS,
-            summary="A token that changes when the worklist may have changed (poll it, then fetch the list)")
+@router.get("/worklist/version", response_model=schemas.WorklistVersion, responses=errors(invalid=False),
+            tags=["worklist"], operation_id="getWorklistVersion", summary="A token that changes when the worklist may have changed (poll it, then fetch the list)")
 def api_worklist_version(_who: Identity, db: Db) -> dict[str, str]:
     return {"version": queries.worklist_version(db)}
 
 
 @router.get("/studies/{study_uid}/version", response_model=schemas.StudyVersion, responses=NOT_FOUND,
-            summary="A token that changes when the study's result, read state or images may have changed")
+            tags=["studies"], operation_id="getStudyVersion", summary="A token that changes when the study's result, read state or images may have changed")
 def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, str]:
     version = queries.study_version(db, study_uid)
     if version is None:
@@ -96,8 +125,9 @@ def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, 
     return {"version": version}
 
 
-def study_body(db: Session, study_uid: str, prefix: str) -> dict[str, Any]:
-    detail = queries.study_detail(db, study_uid)
+def study_body(db: Session, study_uid: str, prefix: str,
+               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND) -> dict[str, Any]:
+    detail = queries.study_detail(db, study_uid, borderline_band=borderline_band)
     if detail is None:
         raise Problem(404, "study not found")
     detail.update(notices(db))
@@ -110,9 +140,9 @@ def study_body(db: Session, study_uid: str, prefix: str) -> dict[str, Any]:
 
 
 @router.get("/studies/{study_uid}", response_model=schemas.StudyDetail, responses=NOT_FOUND,
-            summary="One study with each image's score, decision and picture links (the read is audited)")
+            tags=["studies"], operation_id="getStudy", summary="One study with each image's score, decision and picture links (the read is audited)")
 def api_study(request: Request, study_uid: StudyUid, who: Identity, db: Db) -> dict[str, Any]:
-    body = study_body(db, study_uid, "/api")
+    body = study_body(db, study_uid, "/api", request.app.state.borderline_band)
     audit(request, who, "api", study_uid)
     return body
 
@@ -126,19 +156,21 @@ def image_response(request: Request, db: Session, who: str, study_uid: str, sop_
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, no-store"})
 
 
-PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "PNG image"},
-                                        **NOT_FOUND}
+PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+             "description": "PNG image"},
+       **errors((404, problem("No such image in this study, or no picture for it (not analysed, not finished, or "
+                              "not written)")))}
 
 
 @router.get("/studies/{study_uid}/images/{sop_instance_uid}/preview.png", response_class=FileResponse,
-            responses=PNG, summary="The display image the model saw, downscaled (PNG)")
+            responses=PNG, tags=["images"], operation_id="getPreview", summary="The display image the model saw, downscaled (PNG)")
 def api_preview(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid, who: Identity, db: Db
                 ) -> FileResponse:
     return image_response(request, db, who, study_uid, sop_instance_uid, "preview")
 
 
 @router.get("/studies/{study_uid}/images/{sop_instance_uid}/heatmap.png", response_class=FileResponse,
-            responses=PNG, summary="The Grad-CAM heat map over the preview (PNG): where the evidence for the "
+            responses=PNG, tags=["images"], operation_id="getHeatmap", summary="The Grad-CAM heat map over the preview (PNG): where the evidence for the "
                                    "positive class lies; not a finding")
 def api_heatmap(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid, who: Identity, db: Db
                 ) -> FileResponse:
@@ -154,20 +186,20 @@ def set_read(request: Request, study_uid: str, who: str, read: bool) -> dict[str
                 "read_by": study.read_by}
 
 
-@router.put("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=NOT_FOUND,
-            summary="Mark read: the study drops to the bottom of its group (it never leaves the list)")
+@router.put("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=CHANGE, tags=["studies"],
+            operation_id="markStudyRead", summary="Mark read: the study drops to the bottom of its group (it never leaves the list)")
 def api_mark_read(request: Request, study_uid: StudyUid, who: Identity) -> dict[str, Any]:
     return set_read(request, study_uid, who, True)
 
 
-@router.delete("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=NOT_FOUND,
-               summary="Mark unread")
+@router.delete("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=CHANGE,
+               tags=["studies"], operation_id="markStudyUnread", summary="Mark unread")
 def api_mark_unread(request: Request, study_uid: StudyUid, who: Identity) -> dict[str, Any]:
     return set_read(request, study_uid, who, False)
 
 
 @router.get("/studies/{study_uid}/audit", response_model=list[schemas.AuditEvent], responses=NOT_FOUND,
-            summary="Who read this study, and when (newest first)")
+            tags=["studies"], operation_id="getStudyAudit", summary="Who read this study, and when (newest first)")
 def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
                     limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     if not queries.study_exists(db, study_uid):
@@ -175,16 +207,18 @@ def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
     return queries.audit_events(db, study_uid=study_uid, limit=limit)
 
 
-@router.get("/models", response_model=schemas.Models, responses=ERRORS,
-            summary="The models that produced results, with their training metadata and thresholds")
+@router.get("/models", response_model=schemas.Models, responses=errors(invalid=False), tags=["model"],
+            operation_id="getModels", summary="The models that produced results, with their training metadata and thresholds")
 def api_models(request: Request, _who: Identity, db: Db) -> dict[str, Any]:
     return {**notices(db),
             "model_card_available": request.app.state.model_card_path.is_file(),
             "models": queries.model_versions(db)}
 
 
-@router.get("/model-card", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/markdown": {}}}, **NOT_FOUND},
+@router.get("/model-card", response_class=PlainTextResponse, tags=["model"], operation_id="getModelCard",
+            responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}},
+                             "description": "The model card, Markdown"},
+                       **errors((404, problem("No model card has shipped with this installation")), invalid=False)},
             summary="The model card (Markdown), when one has shipped")
 def api_model_card(request: Request, _who: Identity) -> PlainTextResponse:
     path: FilePath = request.app.state.model_card_path

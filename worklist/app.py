@@ -11,19 +11,16 @@ from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import heartbeats
+from db import queries
 from db.engine import make_engine, make_session_factory, migrate
-from worklist import api, metrics, pages, problems, schemas
-from worklist.auth import Tokens, identity, parse_tokens
-from worklist.deps import db_session
+from worklist import api, docs, metrics, openapi, operations, pages, problems
+from worklist.auth import Tokens, parse_tokens
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, jinja_filters
 
 HERE = Path(__file__).parent
@@ -51,13 +48,15 @@ def is_loopback_host(host_header: str) -> bool:
 def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", poll_interval_s: float = 2.0,
                model_card: Path | None = None, timezone: str = "UTC",
                spool_disk_used: Callable[[], float] | None = None, disk_watermark_percent: float = 90.0,
-               worker_restarts: Callable[[], int] | None = None) -> FastAPI:
+               worker_restarts: Callable[[], int] | None = None, broker_ok: Callable[[], bool] | None = None,
+               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND) -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
     (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
     must only listen on loopback (``triage.cli.web_server`` enforces that). ``timezone`` (IANA) is the site's:
     the page shows times in it and the date filters of page and API count its days. With ``spool_disk_used``
     (percent of the spool's disk in use, from the composition root), /healthz and /metrics also report it against
-    ``disk_watermark_percent``; ``worker_restarts`` (single-machine form) counts the worker's restarts."""
+    ``disk_watermark_percent``; ``worker_restarts`` (single-machine form) counts the worker's restarts;
+    ``broker_ok`` (a quick, bounded connect to the Celery broker) makes /healthz and /metrics report the broker."""
     engine = make_engine(database_url)
     migrate(engine)
     sessions: sessionmaker[Session] = make_session_factory(engine)
@@ -66,7 +65,9 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
         version="0.2.0",
         description=f"{TRIAGE_NOTICE}\n\nErrors are RFC 9457 problem details (application/problem+json). "
                     "With a token configured every route but /healthz needs `Authorization: Bearer <token>`.",
-        docs_url=None, redoc_url=None, openapi_url=None,  # served below, behind the same sign-in as the rest
+        docs_url=None, redoc_url=None, openapi_url=None,  # served by worklist.docs, behind the same sign-in
+        openapi_tags=openapi.TAGS,
+        generate_unique_id_function=lambda route: route.name,  # routes name their operation_id; this is a fallback
     )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     zone = ZoneInfo(timezone)
@@ -78,8 +79,10 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.templates = templates
     app.state.poll_interval_s = poll_interval_s
     app.state.zone = zone
+    app.state.borderline_band = borderline_band  # TRIAGE_BORDERLINE_BAND: how far below the threshold is borderline
     app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
-    registry = metrics.make_registry(sessions, spool_disk_used, disk_watermark_percent)
+    app.state.probes = operations.Probes(spool_disk_used, disk_watermark_percent, broker_ok, worker_restarts)
+    app.state.metrics_registry = metrics.make_registry(sessions, spool_disk_used, disk_watermark_percent, broker_ok)
     problems.install(app)
 
     @app.middleware("http")
@@ -105,44 +108,11 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
             response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
-    @app.get("/healthz", response_model=schemas.Health, tags=["operations"],
-             responses={503: {"content": {"application/problem+json": {}},
-                              "description": "Database unreachable, or the spool's disk above its watermark"}},
-             summary="Liveness, database reachability and spool disk space (no token needed)")
-    def healthz(db: Session = Depends(db_session)) -> dict[str, Any]:
-        try:
-            workers = heartbeats.liveness(db)
-        except SQLAlchemyError as exc:
-            raise problems.Problem(503, "the database is unreachable") from exc
-        if spool_disk_used is not None:
-            used = spool_disk_used()
-            if used >= disk_watermark_percent:
-                raise problems.Problem(503, f"the spool's disk is {used:.1f}% used, at or above the "
-                                            f"{disk_watermark_percent:g}% watermark: new images are refused")
-        return {"status": "ok", "workers_alive": workers.alive, "worker_last_seen_s": workers.last_seen_s,
-                "worker_restarts": worker_restarts() if worker_restarts else None}
-
-    @app.get("/metrics", tags=["operations"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
-                        401: {"content": {"application/problem+json": {}}}},
-             summary="Prometheus metrics: instances received/processed/failed, queue depth, receive→flag "
-                     "latency, scores per model version")
-    def metrics_route(_who: str = Depends(identity)) -> Response:
-        return Response(metrics.render(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
-
+    app.include_router(operations.router)
     app.include_router(api.router)
     app.include_router(pages.router)
 
-    @app.get("/openapi.json", include_in_schema=False)
-    def openapi_document(_: str = Depends(identity)) -> JSONResponse:
-        return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False)
-    def swagger_ui(_: str = Depends(identity)) -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} – API")
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc(_: str = Depends(identity)) -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} – API")
+    openapi.add_problem_schema(app)
+    docs.install(app)  # before /static: it mounts under it
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     return app

@@ -33,7 +33,8 @@ PER_PAGE_CHOICES = (25, 50, 100)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 SORT_LABELS = {
-    "priority": "Priority (flagged first)",
+    "priority": "Priority (newest flag first)",
+    "flagged_score": "Flagged first by score",
     "received_desc": "Newest first",
     "received_asc": "Oldest first",
     "score_desc": "Highest score first",
@@ -86,6 +87,7 @@ class PageQuery:
                     query.problems.append(f"“{raw}” is not a date (YYYY-MM-DD): the {label} filter is ignored")
         query.filters["text"] = get("q") or None
         query.values["q"] = get("q")
+        query._parse_context(get)
         sort = get("sort")
         if sort in {s.value for s in queries.WorklistSort}:
             query.sort = queries.WorklistSort(sort)
@@ -93,8 +95,26 @@ class PageQuery:
         query.per_page = int(get("per_page")) if get("per_page") in {str(n) for n in PER_PAGE_CHOICES} else 50
         query.values["per_page"] = str(query.per_page)
         page = get("page")
-        query.page = min(int(page), 1_000_000) if page.isdigit() and int(page) >= 1 else 1
+        query.page = min(int(page), 1_000_000) if page.isdecimal() and int(page) >= 1 else 1
         return query
+
+    def _parse_context(self, get: Any) -> None:
+        """Modality, sex, priority, age range and institution, as the API names them."""
+        sex, priority = get("sex").upper(), get("priority").upper()
+        choices = (("sex", sex, queries.PatientSex.__members__), ("priority", priority,
+                                                                   queries.OrderPriority.__members__))
+        for key, value, allowed in choices:
+            self.filters[key] = value if value in allowed else None
+            self.values[key] = self.filters[key] or ""
+        for key in ("modality", "institution"):
+            self.filters[key] = get(key) or None
+            self.values[key] = get(key)
+        for key, label in (("age_min", "minimum age"), ("age_max", "maximum age")):
+            raw = get(key)
+            self.filters[key] = int(raw) if raw.isdecimal() and int(raw) <= 200 else None
+            self.values[key] = raw if self.filters[key] is not None else ""
+            if raw and self.filters[key] is None:
+                self.problems.append(f"“{raw}” is not an age in years: the {label} filter is ignored")
 
     def link(self, **overrides: Any) -> str:
         """A query string for this view with some values changed (empty values left out)."""
@@ -130,7 +150,8 @@ def worklist_page(request: Request, who: str = Depends(identity), db: Session = 
     pages = max(1, -(-total // query.per_page))
     query.page = min(query.page, pages)
     offset = (query.page - 1) * query.per_page
-    entries = queries.worklist(db, **query.filters, sort=query.sort, limit=query.per_page, offset=offset)
+    entries = queries.worklist(db, **query.filters, sort=query.sort, limit=query.per_page, offset=offset,
+                               borderline_band=request.app.state.borderline_band)
     context = _common(request, db, who) | {
         "entries": entries, "total": total, "query": query, "pages": pages, "offset": offset,
         "version": queries.worklist_version(db), "status_text": status_text, "sort_labels": SORT_LABELS,
@@ -149,7 +170,7 @@ def _clean_back(value: str) -> str:
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identity),
                db: Session = Depends(db_session)) -> HTMLResponse:
-    study = study_body(db, study_uid, "/api")
+    study = study_body(db, study_uid, "/api", request.app.state.borderline_band)
     back = _clean_back(request.query_params.get("back", ""))
     context = _common(request, db, who, study["untrained_model"]) | {
         "study": study, "back": back, "status_text": status_text, "back_param": quote(back, safe=""),

@@ -27,6 +27,23 @@ REASON_TEXT = {
 STATE_LABEL = {"pending": "pending", "done": "done", "not_analysed": "not analysed", "failed": "failed"}
 
 
+def person_name(value: str | None) -> str:
+    """A DICOM PN ("SMITH^MARIA^^DR") as people read it: "SMITH, DR MARIA". The case is kept as stored (a family
+    name in capitals is how many sites write it); empty components are skipped; the "=" groups (alphabetic,
+    ideographic, phonetic) that are not empty are all shown, joined by " = ", so nothing stored is hidden."""
+    shown = [_name_group(group) for group in (value or "").split("=")]
+    return " = ".join(group for group in shown if group)
+
+
+def _name_group(group: str) -> str:
+    """One PN component group: family^given^middle^prefix^suffix."""
+    family, given, middle, prefix, suffix = ([part.strip() for part in group.split("^")] + [""] * 5)[:5]
+    rest = " ".join(part for part in (prefix, given, middle, suffix) if part)
+    if family and rest:
+        return f"{family}, {rest}"
+    return family or rest
+
+
 def reason_text(code: str | None) -> str:
     return REASON_TEXT.get(code or "", "")
 
