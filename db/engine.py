@@ -49,3 +49,11 @@ def migrate(engine: Engine) -> None:
         config = alembic_config(str(engine.url.render_as_string(hide_password=False)))
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
+    """Engine and sessions with the schema brought up to date: what every entry point (listener, worker, web,
+    CLI) does first."""
+    engine = make_engine(url)
+    migrate(engine)
+    return engine, make_session_factory(engine)

@@ -177,7 +177,7 @@ def show_worklist(
     limit: Annotated[int, typer.Option(help="At most this many studies.")] = 200,
 ) -> None:
     """Print the prioritized worklist (the same order and fields as the page and GET /api/worklist)."""
-    from worker.services import open_database
+    from db.engine import open_database
 
     if status is not None and status.upper() not in queries.WorklistStatus.__members__:
         raise typer.BadParameter(f"{status!r} is not one of {', '.join(queries.WorklistStatus.__members__)}",

@@ -10,7 +10,7 @@ from pydicom import dcmread
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.engine import make_engine, make_session_factory, migrate
+from db.engine import open_database
 from db.models import InstanceStatus
 from dicom_io.reasons import NO_USABLE_PIXELS, Reason
 from dicom_io.display import PixelDataError
@@ -44,11 +44,7 @@ class Pipeline:
 
     def __init__(self, config: WorkerConfig, sessions: sessionmaker[Session] | None = None) -> None:
         self.config = config
-        if sessions is None:
-            engine = make_engine(config.database_url)
-            migrate(engine)
-            sessions = make_session_factory(engine)
-        self.sessions = sessions
+        self.sessions = sessions if sessions is not None else open_database(config.database_url)[1]
         self.classifier = Classifier(checkpoint_path(config), device=config.device)
         self.threshold = register_model(self.sessions, config, self.classifier.metadata, self.classifier.sha256)
         # Hooked before the first score, so every heat map reuses the pass that produced its score.

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.engine import make_engine, make_session_factory, migrate
+from db.engine import open_database
 from dicom_io.files import encoded_file
 from dicom_io.listener import Listener, ListenerConfig, OutOfResources, parse_received, ReceivedInstance
 from dicom_io.spool import Spool
@@ -21,13 +19,6 @@ from worker.heartbeat import Heartbeat
 from worker.queue_files import quarantine_unreadable_messages
 
 log = logging.getLogger(__name__)
-
-
-def open_database(url: str) -> tuple[Engine, sessionmaker[Session]]:
-    """Engine and sessions with the schema brought up to date (every entry point calls this first)."""
-    engine = make_engine(url)
-    migrate(engine)
-    return engine, make_session_factory(engine)
 
 
 class IngestService:

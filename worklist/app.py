@@ -15,10 +15,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.engine import make_engine, make_session_factory, migrate
+from db.engine import open_database
 from worklist import api, docs, metrics, openapi, operations, pages, problems
 from worklist.auth import Tokens, parse_tokens
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, jinja_filters
@@ -57,9 +56,7 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     (percent of the spool's disk in use, from the composition root), /healthz and /metrics also report it against
     ``disk_watermark_percent``; ``worker_restarts`` (single-machine form) counts the worker's restarts;
     ``broker_ok`` (a quick, bounded connect to the Celery broker) makes /healthz and /metrics report the broker."""
-    engine = make_engine(database_url)
-    migrate(engine)
-    sessions: sessionmaker[Session] = make_session_factory(engine)
+    engine, sessions = open_database(database_url)
     app = FastAPI(
         title="cxr-triage worklist",
         version="0.2.0",
