@@ -88,7 +88,8 @@ def run_demo(settings: Settings, *, once: bool, source: Path | None, timeout: fl
             return 1
         console.print(f"all {len(sop_uids)} instance(s) classified in {time.monotonic() - started:.1f} s")
         with ingest.sessions() as session:
-            print_worklist(queries.worklist(session), queries.untrained_models_in_use(session), settings.timezone)
+            print_worklist(queries.worklist(session, borderline_band=settings.borderline_band),
+                           queries.untrained_models_in_use(session), settings.timezone)
         if once:
             return 0 if not refused else 1
         console.print(f"worklist page at http://{settings.web_host}:{settings.web_port}/ — Ctrl-C to stop")

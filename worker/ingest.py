@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from dicom_io.header import InstanceHeader
+from dicom_io.header import InstanceHeader, normalise_priority
 from dicom_io.listener import OutOfResources, ReceivedInstance, RejectedInstance
 from dicom_io.spool import Spool
 
@@ -29,7 +29,8 @@ class Ingestor:
                  disk_watermark_percent: float = 90.0, priority_by_calling_aet: Mapping[str, str] | None = None
                  ) -> None:
         self.spool = spool
-        self.priority_by_calling_aet = {aet.strip(): value for aet, value in (priority_by_calling_aet or {}).items()}
+        rules = {aet.strip(): normalise_priority(value) for aet, value in (priority_by_calling_aet or {}).items()}
+        self.priority_by_calling_aet = {aet: value for aet, value in rules.items() if value is not None}
         self.disk_watermark_percent = disk_watermark_percent
         self.sessions = sessions
         self.rejected_dir = rejected_dir

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from datetime import date
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
@@ -75,6 +77,18 @@ class WorklistQuery:
                             institution=institution)
         self.sort, self.limit, self.offset = sort, limit, offset
         self.borderline_band: float = request.app.state.borderline_band
+        refuse_unknown_parameters(request)
+
+
+def refuse_unknown_parameters(request: Request) -> None:
+    """A misspelt filter (``flaged=true``) must not silently answer with the whole, unfiltered list."""
+    unknown = sorted(set(request.query_params) - WORKLIST_PARAMETERS)
+    if unknown:
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name),
+                                       "msg": "not a parameter of this operation"} for name in unknown])
+
+
+WORKLIST_PARAMETERS = frozenset(inspect.signature(WorklistQuery.__init__).parameters) - {"self", "request"}
 
 
 def notices(db: Session) -> dict[str, Any]:
@@ -111,13 +125,15 @@ def api_worklist(request: Request, who: Identity, db: Db, params: WorklistQuery 
 
 
 @router.get("/worklist/version", response_model=schemas.WorklistVersion, responses=errors(invalid=False),
-            tags=["worklist"], operation_id="getWorklistVersion", summary="A token that changes when the worklist may have changed (poll it, then fetch the list)")
+            tags=["worklist"], operation_id="getWorklistVersion",
+            summary="A token that changes when the worklist may have changed (poll it, then fetch the list)")
 def api_worklist_version(_who: Identity, db: Db) -> dict[str, str]:
     return {"version": queries.worklist_version(db)}
 
 
 @router.get("/studies/{study_uid}/version", response_model=schemas.StudyVersion, responses=NOT_FOUND,
-            tags=["studies"], operation_id="getStudyVersion", summary="A token that changes when the study's result, read state or images may have changed")
+            tags=["studies"], operation_id="getStudyVersion",
+            summary="A token that changes when the study's result, read state or images may have changed")
 def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, str]:
     version = queries.study_version(db, study_uid)
     if version is None:
@@ -140,7 +156,8 @@ def study_body(db: Session, study_uid: str, prefix: str,
 
 
 @router.get("/studies/{study_uid}", response_model=schemas.StudyDetail, responses=NOT_FOUND,
-            tags=["studies"], operation_id="getStudy", summary="One study with each image's score, decision and picture links (the read is audited)")
+            tags=["studies"], operation_id="getStudy",
+            summary="One study with each image's score, decision and picture links (the read is audited)")
 def api_study(request: Request, study_uid: StudyUid, who: Identity, db: Db) -> dict[str, Any]:
     body = study_body(db, study_uid, "/api", request.app.state.borderline_band)
     audit(request, who, "api", study_uid)
@@ -163,15 +180,17 @@ PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "b
 
 
 @router.get("/studies/{study_uid}/images/{sop_instance_uid}/preview.png", response_class=FileResponse,
-            responses=PNG, tags=["images"], operation_id="getPreview", summary="The display image the model saw, downscaled (PNG)")
+            responses=PNG, tags=["images"], operation_id="getPreview",
+            summary="The display image the model saw, downscaled (PNG)")
 def api_preview(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid, who: Identity, db: Db
                 ) -> FileResponse:
     return image_response(request, db, who, study_uid, sop_instance_uid, "preview")
 
 
 @router.get("/studies/{study_uid}/images/{sop_instance_uid}/heatmap.png", response_class=FileResponse,
-            responses=PNG, tags=["images"], operation_id="getHeatmap", summary="The Grad-CAM heat map over the preview (PNG): where the evidence for the "
-                                   "positive class lies; not a finding")
+            responses=PNG, tags=["images"], operation_id="getHeatmap",
+            summary="The Grad-CAM heat map over the preview (PNG): where the evidence for the positive class lies; "
+                    "not a finding")
 def api_heatmap(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid, who: Identity, db: Db
                 ) -> FileResponse:
     return image_response(request, db, who, study_uid, sop_instance_uid, "heatmap")
@@ -187,7 +206,8 @@ def set_read(request: Request, study_uid: str, who: str, read: bool) -> dict[str
 
 
 @router.put("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=CHANGE, tags=["studies"],
-            operation_id="markStudyRead", summary="Mark read: the study drops to the bottom of its group (it never leaves the list)")
+            operation_id="markStudyRead",
+            summary="Mark read: the study drops to the bottom of its group (it never leaves the list)")
 def api_mark_read(request: Request, study_uid: StudyUid, who: Identity) -> dict[str, Any]:
     return set_read(request, study_uid, who, True)
 
@@ -208,7 +228,8 @@ def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
 
 
 @router.get("/models", response_model=schemas.Models, responses=errors(invalid=False), tags=["model"],
-            operation_id="getModels", summary="The models that produced results, with their training metadata and thresholds")
+            operation_id="getModels",
+            summary="The models that produced results, with their training metadata and thresholds")
 def api_models(request: Request, _who: Identity, db: Db) -> dict[str, Any]:
     return {**notices(db),
             "model_card_available": request.app.state.model_card_path.is_file(),

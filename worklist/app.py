@@ -78,7 +78,8 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.zone = zone
     app.state.borderline_band = borderline_band  # TRIAGE_BORDERLINE_BAND: how far below the threshold is borderline
     app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
-    app.state.probes = operations.Probes(spool_disk_used, disk_watermark_percent, broker_ok, worker_restarts)
+    app.state.probes = operations.Probes(spool_disk_used=spool_disk_used, disk_watermark_percent=disk_watermark_percent,
+                                         broker_ok=broker_ok, worker_restarts=worker_restarts)
     app.state.metrics_registry = metrics.make_registry(sessions, spool_disk_used, disk_watermark_percent, broker_ok)
     problems.install(app)
 

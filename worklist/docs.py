@@ -49,7 +49,8 @@ def install(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(_: str = Depends(identity)) -> HTMLResponse:
-        page = get_redoc_html(openapi_url="/openapi.json", title=title, redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
+        page = get_redoc_html(openapi_url="/openapi.json", title=title,
+                              redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
                               redoc_favicon_url=f"{ASSETS_URL}/favicon.png", with_google_fonts=False)
         page.headers.update(HEADERS)
         return page
