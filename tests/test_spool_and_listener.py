@@ -193,21 +193,27 @@ def test_a_refused_new_instance_leaves_no_spool_file_and_a_known_one_keeps_its_c
 
 
 def test_above_the_disk_watermark_c_stores_are_refused_before_the_disk_is_full(tmp_path: Path) -> None:
-    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy import select
 
+    from db.engine import open_database
+    from db.models import Instance, Rejection
     from dicom_io.spool import disk_used_percent
     from worker.ingest import Ingestor
 
     used = disk_used_percent(tmp_path)
     assert 0 < used < 100
     spool = Spool(tmp_path / "spool")
-    never_used = sessionmaker()  # the refusal comes before any database work
-    ingestor = Ingestor(spool, never_used, tmp_path / "rejected", publish=lambda item: None,
+    _, sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    ingestor = Ingestor(spool, sessions, tmp_path / "rejected", publish=lambda item: None,
                         disk_watermark_percent=max(used - 1, 0.01))
     instance = _received(_encoded())
     with pytest.raises(OutOfResources, match="watermark"):
         ingestor.commit(instance)
     assert not spool.path_for(instance.header.sop_instance_uid).exists()
+    with sessions() as session:
+        assert session.scalars(select(Instance)).all() == []  # nothing committed ...
+        (refusal,) = session.scalars(select(Rejection)).all()  # ... but the refusal is on record
+    assert refusal.status == 0xA700 and "watermark" in refusal.reason and refusal.payload_path is None
 
 
 def test_health_and_metrics_report_the_spool_disk_against_its_watermark(tmp_path: Path) -> None:

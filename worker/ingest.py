@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
 from dicom_io.header import InstanceHeader, normalise_priority
-from dicom_io.listener import OutOfResources, ReceivedInstance, RejectedInstance
+from dicom_io.listener import STATUS_OUT_OF_RESOURCES, OutOfResources, ReceivedInstance, RejectedInstance
 from dicom_io.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,13 @@ class Ingestor:
         header = instance.header
         used = self.spool.disk_used_percent()
         if used >= self.disk_watermark_percent:  # refuse while a retry can still succeed, not at a full disk
-            raise OutOfResources(f"spool disk {used:.1f}% used, at or above the {self.disk_watermark_percent:g}% "
-                                 f"watermark")
+            raise self._refused(instance, f"spool disk {used:.1f}% used, at or above the "
+                                          f"{self.disk_watermark_percent:g}% watermark")
         known = self.spool.path_for(header.sop_instance_uid).exists()  # a resend replaces a committed copy
         try:
             path = self.spool.write(header.sop_instance_uid, instance.data)
         except OSError as exc:
-            raise OutOfResources(f"spool write failed: {exc.strerror or exc}") from exc
+            raise self._refused(instance, f"spool write failed: {exc.strerror or exc}") from exc
         # The same fields by design: db may not import dicom_io, so it has its own record type.
         record = queries.ReceivedRecord(**asdict(self._with_sender_priority(header, instance.calling_ae)),
                                         spool_path=str(path), size_bytes=len(instance.data),
@@ -60,6 +60,19 @@ class Ingestor:
             raise OutOfResources(f"database write failed: {type(exc).__name__}") from exc
         self.publish(item)
         return item
+
+    def _refused(self, instance: ReceivedInstance, reason: str) -> OutOfResources:
+        """A 0xA700 answer (the sender keeps its copy and retries) with a durable record of it where the database
+        can still take one: /metrics counts them, a person sees who was turned away. No payload is kept: the disk
+        is the problem, and the sender still has it."""
+        try:
+            with self.sessions.begin() as session:
+                queries.record_rejection(session, calling_ae=instance.calling_ae, peer=instance.peer,
+                                         status=STATUS_OUT_OF_RESOURCES, reason=reason, payload_path=None,
+                                         size_bytes=len(instance.data))
+        except SQLAlchemyError as exc:
+            log.error("refusal not recorded (%s)", type(exc).__name__)
+        return OutOfResources(reason)
 
     def _with_sender_priority(self, header: InstanceHeader, calling_ae: str) -> InstanceHeader:
         """The file's own order priority wins; without one, the sender's rule (if any) gives it."""
