@@ -565,6 +565,14 @@ def worklist_total(session: Session, filters: WorklistFilter | None = None, **cr
     return int(session.scalar(query) or 0)
 
 
+def worklist_modalities(session: Session, limit: int = 50) -> list[str]:
+    """The modalities the studies carry (upper case, sorted), for the page's modality filter."""
+    column = func.upper(Study.modality)
+    query = (select(column).where(Study.modality.is_not(None), Study.modality != "").group_by(column)
+             .order_by(column).limit(limit))
+    return [value for value in session.scalars(query) if value]
+
+
 def _state(study: Study, images: int, failed: int) -> str:
     if study.status == StudyStatus.NOT_ANALYSED:
         return "failed" if images and failed == images else "not_analysed"

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
                                              "and in the CLI, and the days of the date filters. Stored times are UTC.")
     api_tokens: str = Field(
         "", description="More bearer tokens, each with a name the audit table records: 'alice=TOKEN,bob=TOKEN'.")
+    viewer_url: str = Field(
+        "", description="The site's image viewer, as a URL template: {study_uid}, {accession} and {patient_id} are "
+                        "replaced by the study's values, URL-encoded (e.g. https://pacs.example/viewer?"
+                        "StudyInstanceUIDs={study_uid}); every worklist row and study page then links to it, and "
+                        "the API's items carry viewer_url. Empty = no viewer links.")
 
     @field_validator("allowed_calling_aets", mode="before")
     @classmethod
@@ -152,6 +157,13 @@ class Settings(BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _valid_viewer_url(cls, value: str) -> str:
+        from worklist.presentation import check_viewer_template
+
+        return check_viewer_template(value)
 
     @field_validator("timezone")
     @classmethod

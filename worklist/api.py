@@ -17,7 +17,7 @@ from worklist import schemas
 from worklist.auth import identity
 from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session, image_url
 from worklist.openapi import FORBIDDEN, errors, problem
-from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE
+from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, viewer_url
 from worklist.problems import Problem
 
 router = APIRouter(prefix="/api")  # each route names its tag (worklist, studies, images, model)
@@ -77,6 +77,7 @@ class WorklistQuery:
                             institution=institution)
         self.sort, self.limit, self.offset = sort, limit, offset
         self.borderline_band: float = request.app.state.borderline_band
+        self.viewer_url_template: str = request.app.state.viewer_url_template
         refuse_unknown_parameters(request)
 
 
@@ -98,6 +99,12 @@ def notices(db: Session) -> dict[str, Any]:
             "model_warning": UNTRAINED_NOTICE if untrained else None}
 
 
+def with_viewer_url(item: dict[str, Any], template: str) -> dict[str, Any]:
+    """``item`` (a worklist entry or study as a dict) with its ``viewer_url`` (None without TRIAGE_VIEWER_URL)."""
+    item["viewer_url"] = viewer_url(template, item["study_uid"], item.get("accession_number"), item.get("patient_id"))
+    return item
+
+
 def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
     entries = queries.worklist(db, **params.filters, sort=params.sort, limit=params.limit, offset=params.offset,
                                borderline_band=params.borderline_band)
@@ -107,7 +114,7 @@ def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
         "limit": params.limit,
         "offset": params.offset,
         "sort": params.sort.value,
-        "items": [entry.to_dict() for entry in entries],
+        "items": [with_viewer_url(entry.to_dict(), params.viewer_url_template) for entry in entries],
     }
 
 
@@ -142,10 +149,12 @@ def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, 
 
 
 def study_body(db: Session, study_uid: str, prefix: str,
-               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND) -> dict[str, Any]:
+               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND, viewer_url_template: str = ""
+               ) -> dict[str, Any]:
     detail = queries.study_detail(db, study_uid, borderline_band=borderline_band)
     if detail is None:
         raise Problem(404, "study not found")
+    with_viewer_url(detail, viewer_url_template)
     detail.update(notices(db))
     detail["reports"] = reports.study_reports(db, study_uid)
     for instance in detail["instances"]:
@@ -159,7 +168,7 @@ def study_body(db: Session, study_uid: str, prefix: str,
             tags=["studies"], operation_id="getStudy",
             summary="One study with each image's score, decision and picture links (the read is audited)")
 def api_study(request: Request, study_uid: StudyUid, who: Identity, db: Db) -> dict[str, Any]:
-    body = study_body(db, study_uid, "/api", request.app.state.borderline_band)
+    body = study_body(db, study_uid, "/api", request.app.state.borderline_band, request.app.state.viewer_url_template)
     audit(request, who, "api", study_uid)
     return body
 

@@ -20,7 +20,7 @@ from db import queries
 from db.engine import open_database
 from worklist import api, docs, metrics, openapi, operations, pages, problems
 from worklist.auth import Tokens, parse_tokens
-from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, jinja_filters
+from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, check_viewer_template, jinja_filters
 
 HERE = Path(__file__).parent
 MODEL_CARD = HERE.parent / "model" / "MODEL_CARD.md"  # ships in the model package when there is one
@@ -48,14 +48,16 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
                model_card: Path | None = None, timezone: str = "UTC",
                spool_disk_used: Callable[[], float] | None = None, disk_watermark_percent: float = 90.0,
                worker_restarts: Callable[[], int] | None = None, broker_ok: Callable[[], bool] | None = None,
-               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND) -> FastAPI:
+               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND, viewer_url_template: str = "") -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
     (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
     must only listen on loopback (``triage.cli.web_server`` enforces that). ``timezone`` (IANA) is the site's:
     the page shows times in it and the date filters of page and API count its days. With ``spool_disk_used``
     (percent of the spool's disk in use, from the composition root), /healthz and /metrics also report it against
     ``disk_watermark_percent``; ``worker_restarts`` (single-machine form) counts the worker's restarts;
-    ``broker_ok`` (a quick, bounded connect to the Celery broker) makes /healthz and /metrics report the broker."""
+    ``broker_ok`` (a quick, bounded connect to the Celery broker) makes /healthz and /metrics report the broker.
+    ``viewer_url_template`` (TRIAGE_VIEWER_URL, placeholders {study_uid}, {accession}, {patient_id}) links every
+    study to the site's image viewer; empty = no viewer links."""
     engine, sessions = open_database(database_url)
     app = FastAPI(
         title="cxr-triage worklist",
@@ -77,6 +79,7 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.poll_interval_s = poll_interval_s
     app.state.zone = zone
     app.state.borderline_band = borderline_band  # TRIAGE_BORDERLINE_BAND: how far below the threshold is borderline
+    app.state.viewer_url_template = check_viewer_template(viewer_url_template)  # TRIAGE_VIEWER_URL
     app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
     app.state.probes = operations.Probes(spool_disk_used=spool_disk_used, disk_watermark_percent=disk_watermark_percent,
                                          broker_ok=broker_ok, worker_restarts=worker_restarts)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone, tzinfo
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 TRIAGE_NOTICE = "Triage support only — not a diagnosis. Every study must still be read by a radiologist."
 UNTRAINED_NOTICE = "UNTRAINED MODEL — scores are meaningless"
@@ -42,6 +44,74 @@ def _name_group(group: str) -> str:
     if family and rest:
         return f"{family}, {rest}"
     return family or rest
+
+
+SEX_WORDS = {"F": "female", "M": "male", "O": "other"}
+# The placeholders TRIAGE_VIEWER_URL may hold, each replaced by the study's value, URL-encoded.
+VIEWER_PLACEHOLDERS = ("study_uid", "accession", "patient_id")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def check_viewer_template(template: str) -> str:
+    """TRIAGE_VIEWER_URL as given, stripped; raises ValueError unless it is empty or an http(s) URL whose only
+    ``{…}`` placeholders are {study_uid}, {accession} and {patient_id} (a ``javascript:`` link must never reach a
+    page)."""
+    template = template.strip()
+    if not template:
+        return ""
+    if not re.match(r"^https?://[^/?#{}\s]+", template, re.IGNORECASE) or any(c.isspace() for c in template):
+        raise ValueError("the viewer URL must be an http(s) URL without spaces, e.g. "
+                         "https://pacs.example/viewer?StudyInstanceUIDs={study_uid}")
+    unknown = sorted({name for name in _PLACEHOLDER.findall(template) if name not in VIEWER_PLACEHOLDERS})
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) in the viewer URL: {', '.join('{' + n + '}' for n in unknown)} "
+                         f"(known: {', '.join('{' + n + '}' for n in VIEWER_PLACEHOLDERS)})")
+    return template
+
+
+def viewer_url(template: str, study_uid: str, accession: str | None = None, patient_id: str | None = None
+               ) -> str | None:
+    """The study in the site's image viewer (TRIAGE_VIEWER_URL): each placeholder replaced, in one pass, by its
+    value URL-encoded (``/``, ``&``, ``#`` and ``{`` included, so a value can neither end the parameter nor add a
+    placeholder); None when no viewer is configured."""
+    if not template or not template.strip():
+        return None
+    values = {"study_uid": study_uid, "accession": accession or "", "patient_id": patient_id or ""}
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return quote(values[name], safe="") if name in values else match.group(0)
+
+    return _PLACEHOLDER.sub(fill, template.strip())
+
+
+def age_sex(age_years: int | None, sex: str | None) -> str:
+    """``45 F`` (age in whole years, then sex); ``—`` when neither is known."""
+    parts = [str(age_years) if age_years is not None else "", sex or ""]
+    return " ".join(part for part in parts if part) or "—"
+
+
+def age_sex_words(age_years: int | None, sex: str | None) -> str:
+    """The same in words, for a tooltip and screen readers: ``45 years, female``."""
+    age = f"{age_years} year{'' if age_years == 1 else 's'}" if age_years is not None else "age unknown"
+    return f"{age}, {SEX_WORDS.get(sex or '', 'sex unknown')}"
+
+
+def waiting(seconds: float | None) -> str:
+    """How long an unread study has waited, as a reader glances at it: ``<1 min``, ``12 min``, ``2 h 05 min``,
+    ``3 d 4 h``; empty once read (None). worklist.js counts on with the same words."""
+    if seconds is None:
+        return ""
+    minutes = int(max(0.0, seconds) // 60)
+    if minutes < 1:
+        return "<1 min"
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
 
 
 def reason_text(code: str | None) -> str:
@@ -103,4 +173,4 @@ def iso(value: datetime | str | None) -> str:
 
 def jinja_filters(zone: tzinfo = timezone.utc) -> dict[str, Any]:
     return {"score": score, "duration": duration, "local": partial(local_time, zone=zone), "iso": iso,
-            "reason_text": reason_text}
+            "reason_text": reason_text, "person": person_name, "waiting": waiting}

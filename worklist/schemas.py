@@ -65,6 +65,10 @@ class WorklistItem(BaseModel):
         description="Why the study lies outside the validated population, in words")
     waiting_seconds: float | None = Field(description="Unread studies: seconds since the study was received; null "
                                                       "once read")
+    viewer_url: str | None = Field(
+        description="The study in the site's image viewer (TRIAGE_VIEWER_URL with {study_uid}, {accession} and "
+                    "{patient_id} replaced by the study's values, URL-encoded); null when no viewer is configured",
+        examples=["https://pacs.example/viewer?StudyInstanceUIDs=1.2.826.0.1.3680043.8.498.1"])
 
 
 NOTICE = Field(description="What every answer says of itself: triage support, not a diagnosis",
