@@ -4,22 +4,21 @@ audit_events (who read which study, when)."""
 from __future__ import annotations
 
 import enum
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
-from sqlalchemy import (JSON, Boolean, Date, DateTime, Enum, Float, ForeignKey, Integer, String,
-                        Text, UniqueConstraint)
+from sqlalchemy import JSON, Boolean, Date, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every stored time is UTC."""
     if value is None:
         return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -35,7 +34,7 @@ class InstanceStatus(str, enum.Enum):
     FAILED = "FAILED"  # permanent error (no or unreadable pixels…): the dead-letter record
 
     @classmethod
-    def unfinished(cls) -> tuple["InstanceStatus", ...]:
+    def unfinished(cls) -> tuple[InstanceStatus, ...]:
         return (cls.RECEIVED, cls.QUEUED, cls.PROCESSING)
 
 
@@ -92,8 +91,8 @@ class Study(Base):
     # (or is the same as the last one), so it only ever looks at studies whose result may have changed.
     report_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0", index=True)
 
-    instances: Mapped[list["Instance"]] = relationship(back_populates="study", order_by="Instance.id")
-    reports: Mapped[list["StudyReport"]] = relationship(back_populates="study", order_by="StudyReport.version")
+    instances: Mapped[list[Instance]] = relationship(back_populates="study", order_by="Instance.id")
+    reports: Mapped[list[StudyReport]] = relationship(back_populates="study", order_by="StudyReport.version")
 
 
 class Instance(Base):
@@ -242,7 +241,7 @@ class StudyReport(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="reports")
-    deliveries: Mapped[list["Delivery"]] = relationship(back_populates="report", order_by="Delivery.id")
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="report", order_by="Delivery.id")
 
 
 class Delivery(Base):

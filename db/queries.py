@@ -5,15 +5,25 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import (AuditEvent, Instance, InstanceStatus, ModelVersion, Rejection, Result, Study, StudyStatus,
-                       as_utc, utcnow)
+from db.models import (
+    AuditEvent,
+    Instance,
+    InstanceStatus,
+    ModelVersion,
+    Rejection,
+    Result,
+    Study,
+    StudyStatus,
+    as_utc,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -364,7 +374,7 @@ class WorklistFilter:
     received_from: date | None = None  # days in ``zone``, both ends included
     received_to: date | None = None
     text: str | None = None  # every word must occur in patient name, patient ID or accession number
-    zone: tzinfo = timezone.utc  # the site's time zone: where a day starts and ends
+    zone: tzinfo = UTC  # the site's time zone: where a day starts and ends
     modality: str | None = None  # CR, DX… (case ignored)
     sex: str | None = None  # M, F or O
     priority: str | None = None  # an OrderPriority value
@@ -477,7 +487,7 @@ def _apply_context_filter(query: Any, filters: WorklistFilter) -> Any:
 def _day_start(day: date, zone: tzinfo) -> datetime | None:
     """When ``day`` begins in ``zone``, in UTC (what the columns hold); None past the calendar's ends."""
     try:
-        return datetime.combine(day, time.min, zone).astimezone(timezone.utc)
+        return datetime.combine(day, time.min, zone).astimezone(UTC)
     except OverflowError:
         return None
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import (Delivery, DeliveryStatus, Instance, ModelVersion, Study, StudyReport, StudyStatus, as_utc,
-                       utcnow)
+from db.models import Delivery, DeliveryStatus, Instance, ModelVersion, Study, StudyReport, StudyStatus, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class ResultSnapshot:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ResultSnapshot":
+    def from_json(cls, data: dict[str, Any]) -> ResultSnapshot:
         images = tuple(ImageOutcome(**image) for image in data.get("images", ()))
         return cls(**{**data, "images": images})
 

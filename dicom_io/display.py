@@ -16,8 +16,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from dicom_io.reasons import Reason
 from dicom_io.polarity import looks_inverted
+from dicom_io.reasons import Reason
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,12 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError

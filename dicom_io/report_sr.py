@@ -28,9 +28,10 @@ import math
 import numbers
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import highdicom as hd
 from pydicom import config

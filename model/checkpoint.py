@@ -56,7 +56,7 @@ class CheckpointMetadata:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: Path) -> "CheckpointMetadata":
+    def from_json(cls, text: str, source: Path) -> CheckpointMetadata:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -76,7 +76,7 @@ class CheckpointMetadata:
         data["class_names"] = tuple(data["class_names"])
         try:
             metadata = cls(**{key: value for key, value in data.items() if key in known})
-            metadata.preprocess_spec  # validates the preprocessing spec
+            _ = metadata.preprocess_spec  # validates the preprocessing spec
         except (TypeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{source}: bad metadata ({exc})") from exc
         return metadata

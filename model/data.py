@@ -14,9 +14,9 @@ import hashlib
 import random
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -240,7 +240,7 @@ def sampling_weights(samples: Sequence[Sample], min_class_images: int = 50) -> n
         counts = np.bincount(labels, minlength=2)
         if counts.min() >= min_class_images:
             for label in (0, 1):
-                chosen = [i for i, lab in zip(members, labels) if lab == label]
+                chosen = [i for i, lab in zip(members, labels, strict=True) if lab == label]
                 weights[chosen] = share / 2 / len(chosen)
         else:
             weights[members] = share / len(members)

@@ -8,9 +8,10 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def score_files(classifier: Classifier, paths: Sequence[Path], batch_size: int =
     def flush() -> None:
         if pending:
             batch = torch.stack([tensor for _, tensor in pending])
-            for (index, _), value in zip(pending, classifier.score(batch)):
+            for (index, _), value in zip(pending, classifier.score(batch), strict=True):
                 scores[index] = float(value)
             pending.clear()
 
@@ -180,10 +181,10 @@ def evaluate(data: Path, checkpoint: Path, out: Path, negative: Sequence[str] = 
         "per_folder": per_folder,
         "per_source": per_source,
         "ignored_folders": list(ignored),
-        "not_analysable": [{"path": str(s.path), "reason": r} for s, r in zip(samples, reasons) if r],
+        "not_analysable": [{"path": str(s.path), "reason": r} for s, r in zip(samples, reasons, strict=True) if r],
         "patients": len({s.patient for s in samples}),
         "deduplication": dedup_stats,
-        "unreadable": [{"path": str(s.path), "error": e} for s, e in zip(samples, errors) if e],
+        "unreadable": [{"path": str(s.path), "error": e} for s, e in zip(samples, errors, strict=True) if e],
         "seconds": round(time.time() - started, 1),
     }
     title = f"{Path(data).name} · {classifier.version}"
@@ -193,7 +194,7 @@ def evaluate(data: Path, checkpoint: Path, out: Path, negative: Sequence[str] = 
     with open(out / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "source", "folder", "patient", "label", "score", "flag", "not_analysable", "error"])
-        for sample, score, reason, error in zip(samples, scores, reasons, errors):
+        for sample, score, reason, error in zip(samples, scores, reasons, errors, strict=True):
             writer.writerow([sample.path, sample.site, sample.folder, sample.patient, sample.label,
                              "" if math.isnan(score) else f"{score:.6f}",
                              "" if math.isnan(score) else int(score >= used_threshold), reason, error])

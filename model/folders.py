@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DEFAULT_NEGATIVE = ("NORMAL",)
 # Positive = pneumonia of any cause, COVID-19 included (the folder names used in ../shared/data).

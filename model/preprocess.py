@@ -29,7 +29,7 @@ class PreprocessSpec:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "PreprocessSpec":
+    def from_dict(cls, data: dict[str, object]) -> PreprocessSpec:
         if data.get("resize", "stretch") != "stretch":
             raise ValueError(f"unsupported resize mode {data.get('resize')!r}")
         return cls(

@@ -11,18 +11,31 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from model.checkpoint import CheckpointMetadata, save_checkpoint
-from model.data import (AugmentSpec, Sample, analysable, augment_batch, batch_to_model_input, cached_dataset,
-                        deduplicate, discover, displays_from_cache, patient_split, resize_batch, sampling_weights)
+from model.data import (
+    AugmentSpec,
+    Sample,
+    analysable,
+    augment_batch,
+    batch_to_model_input,
+    cached_dataset,
+    deduplicate,
+    discover,
+    displays_from_cache,
+    patient_split,
+    resize_batch,
+    sampling_weights,
+)
 from model.inference import pick_device, positive_probabilities
 from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
 from model.network import ARCHITECTURE, build_network
@@ -115,7 +128,7 @@ class EpochLog:
         folder.mkdir(parents=True, exist_ok=True)
 
     def text(self, message: str, echo: bool = True) -> None:
-        line = f"{datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')} {message}"
+        line = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} {message}"
         with open(self.folder / "train.log", "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
         if echo:
@@ -128,7 +141,7 @@ class EpochLog:
 
 def _param_groups(network: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
-    for name, param in network.named_parameters():
+    for param in network.parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on BN weights and biases
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -517,7 +530,7 @@ class TrainingRun:
                   "val_auc_all": roc_auc(scores, self.val_labels), "val_selection_score": score,
                   "val_by_population": by_population,
                   "improved": improved, "epochs_without_gain": self.epochs_without_gain,
-                  "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                  "time_utc": datetime.now(UTC).isoformat(timespec="seconds")}
         self.history.append(record)
         self.logger.epoch(record)
         aucs = ", ".join(f"{name} {entry['auc']:.4f}" for name, entry in by_population["populations"].items()
@@ -594,7 +607,7 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         network = build_network(2)
         network.load_state_dict(torch.load(config.out / "best.pt", map_location="cpu", weights_only=True))
         size = int(best["size"])
-        version = config.version or (f"{ARCHITECTURE}-{datetime.now(timezone.utc).strftime('%Y%m%d')}"
+        version = config.version or (f"{ARCHITECTURE}-{datetime.now(UTC).strftime('%Y%m%d')}"
                                      f"-auc{metrics['auc']:.3f}")
         metadata = CheckpointMetadata(
             version=version, trained=True, threshold=float(threshold), input_size=size,

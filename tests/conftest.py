@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -76,7 +77,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def sessions(database_url: str) -> "sessionmaker[Session]":
+def sessions(database_url: str) -> sessionmaker[Session]:
     """Sessions on an empty, migrated database of each kind."""
     from db.engine import make_engine, make_session_factory
 

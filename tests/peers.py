@@ -26,7 +26,8 @@ import httpx
 DCMTK_BIN_DIR = Path(os.environ.get("DCMTK_BIN_DIR", "/usr/bin"))
 DCMTK_TOOLS = ("storescu", "echoscu", "storescp")
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-ORTHANC_DICOMWEB_PLUGIN = Path(os.environ.get("ORTHANC_DICOMWEB_PLUGIN", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
+ORTHANC_DICOMWEB_PLUGIN = Path(os.environ.get("ORTHANC_DICOMWEB_PLUGIN",
+                                              "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"))
 
 #: SOP classes proposed by :func:`storescu` unless told otherwise.
 DEFAULT_SOP_CLASSES = {

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import create_engine, text
@@ -80,7 +81,7 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.start_process("web", "web")
         wait_until(self._healthy, 60, "the web server's /healthz")  # it also migrated the database
         self.start_process("listener", "listen")
@@ -122,7 +123,7 @@ class Stack:
         self.processes.clear()
         self.http.close()
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -119,9 +120,10 @@ def test_docs_stay_behind_the_sign_in_and_name_no_other_host(client: TestClient)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`cxr-triage web` as the composition root builds it, on a free port, in this process."""
-    from peers import free_port, wait_for_port
     from triage.cli import web_server
     from triage.settings import Settings
+
+    from peers import free_port, wait_for_port
 
     port = free_port()
     settings = Settings(data_dir=tmp_path_factory.mktemp("docs-web") / "var", web_port=port, api_token=TOKEN)

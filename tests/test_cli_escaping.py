@@ -3,7 +3,7 @@ worklist, and ``[link=…]`` must not become a link."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from rich.console import Console
 
@@ -15,7 +15,7 @@ def _entry(name: str) -> WorklistEntry:
         study_uid="1.2.3", patient_name=name, patient_id="[bold]ID[/bold]", accession_number="[/]A1",
         study_date=None, study_description="[link=https://attacker.example]XR CHEST[/link]", status="DONE",
         flag=True, score=0.9, threshold=0.5, reason=None, model_version="m[/]1", model_sha256="a" * 64,
-        model_trained=True, received_at=datetime(2026, 11, 30, 8, tzinfo=timezone.utc), flagged_at=None, images=1,
+        model_trained=True, received_at=datetime(2026, 11, 30, 8, tzinfo=UTC), flagged_at=None, images=1,
         state="done", failed_images=0, time_to_flag_s=None, read_at=None, read_by=None)
 
 

@@ -385,7 +385,8 @@ def test_app_services_share_the_data_volume_at_data_dir(compose, services):
 
 
 def test_published_ports_match_settings(services, monkeypatch):
-    for name, field, env_key in (("listener", "dicom_port", "TRIAGE_DICOM_PORT"), ("web", "web_port", "TRIAGE_WEB_PORT")):
+    for name, field, env_key in (("listener", "dicom_port", "TRIAGE_DICOM_PORT"),
+                                 ("web", "web_port", "TRIAGE_WEB_PORT")):
         service = services[name]
         env = _triage_env(service)
         port = int(env[env_key]) if env_key in env else int(_setting_default(field))

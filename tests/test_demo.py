@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from model.checkpoint import SHIPPED_CHECKPOINT, read_metadata
+
 from peers import free_port
 
 

@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 from pydicom.errors import InvalidDicomError
 
 from dicom_io.header import InvalidIdentifier, MissingIdentifier
-from dicom_io.listener import (STATUS_CANNOT_PARSE, STATUS_INVALID_IDENTIFIER, STATUS_MISSING_IDENTIFIER,
-                               STATUS_SUCCESS, ReceivedInstance, RejectedInstance, StoreHandler, parse_received)
+from dicom_io.listener import (
+    STATUS_CANNOT_PARSE,
+    STATUS_INVALID_IDENTIFIER,
+    STATUS_MISSING_IDENTIFIER,
+    STATUS_SUCCESS,
+    ReceivedInstance,
+    RejectedInstance,
+    StoreHandler,
+    parse_received,
+)
 from dicom_io.synthetic import chest_dataset
 
 

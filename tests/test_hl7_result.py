@@ -7,15 +7,13 @@ import logging
 import math
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import hl7
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
-from hl7_peer import Answer, MllpListener, ack, framed
-from peers import free_port
 
 from worker.hl7_result import (
     Acknowledgement,
@@ -25,8 +23,11 @@ from worker.hl7_result import (
     send_oru,
 )
 
-OBSERVED_AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
-NOW = datetime(2026, 3, 4, 5, 6, 9, tzinfo=timezone.utc)
+from hl7_peer import Answer, MllpListener, ack, framed
+from peers import free_port
+
+OBSERVED_AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+NOW = datetime(2026, 3, 4, 5, 6, 9, tzinfo=UTC)
 SHA = "3f" * 32
 
 FLAGGED = TriageObservation(

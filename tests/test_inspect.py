@@ -10,8 +10,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from conftest import real_dicom_files
 from dicom_io.synthetic import chest_dataset
+
+from conftest import real_dicom_files
 
 
 def run_inspect(*args: str, cwd: Path, model_path: Path) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import (bootstrap_intervals, confusion, format_table, metrics_with_intervals, point_metrics,
-                           roc_auc, roc_curve, threshold_for_sensitivity)
+from model.metrics import (
+    bootstrap_intervals,
+    confusion,
+    format_table,
+    metrics_with_intervals,
+    point_metrics,
+    roc_auc,
+    roc_curve,
+    threshold_for_sensitivity,
+)
 
 # positives: 0.9 0.8 0.6 0.4   negatives: 0.7 0.55 0.3 0.2
 SCORES = [0.9, 0.8, 0.7, 0.6, 0.55, 0.4, 0.3, 0.2]

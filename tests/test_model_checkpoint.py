@@ -10,8 +10,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from model.checkpoint import (METADATA_KEY, CheckpointError, CheckpointMetadata, ensure_untrained_checkpoint,
-                              file_sha256, load_checkpoint, read_metadata, save_checkpoint)
+from model.checkpoint import (
+    METADATA_KEY,
+    CheckpointError,
+    CheckpointMetadata,
+    ensure_untrained_checkpoint,
+    file_sha256,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from model.inference import Classifier
 from model.network import build_network
 from model.preprocess import PreprocessSpec, to_model_input

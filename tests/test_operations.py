@@ -4,10 +4,10 @@ image is sent again, and /healthz answering 503 when the broker is unreachable o
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from importlib.metadata import version
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,9 +17,10 @@ from sqlalchemy import update
 
 from db import heartbeats, queries
 from db.models import InstanceStatus, Study, WorkerHeartbeat, utcnow
-from db_records import receive
 from worklist.app import create_app
 from worklist.schemas import Problem
+
+from db_records import receive
 
 TOKEN = "ops-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -146,7 +147,7 @@ def test_counters_never_go_down_when_an_instance_is_resent(client: TestClient) -
     assert last[("cxr_triage_rejections_total", (("reason", "missing_identifier"), ("status", "0xC211")))] == 2
     assert {"cxr_triage_receive_to_flag_seconds", "cxr_triage_score"} <= {
         family.name for family in parse_openmetrics(scrapes[-1]) if family.type == "gaugehistogram"}
-    for text, before, after in zip(scrapes, (first, middle), (middle, last)):  # …a counter never
+    for text, before, after in zip(scrapes, (first, middle), (middle, last), strict=True):  # …a counter never
         monotonic = _monotonic_families(text)
         assert "cxr_triage_instances_received" in monotonic and "cxr_triage_rejections" in monotonic
         for (name, labels), value in before.items():

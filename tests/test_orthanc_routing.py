@@ -30,12 +30,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
-import peers
 from dicom_io.checks import CHEST_WORDS
 from dicom_io.sop_classes import RADIOGRAPH_SOP_CLASSES
 from dicom_io.synthetic import chest_dataset
-from stack import ROOT, Stack, wait_until
 from triage.settings import Settings
+
+import peers
+from stack import ROOT, Stack, wait_until
 
 ROUTING_DIR = ROOT / "deploy" / "orthanc"
 ROUTING_LUA = ROUTING_DIR / "cxr-triage-routing.lua"
@@ -257,7 +258,7 @@ def test_the_pacs_routes_a_study_in_and_later_holds_our_report_in_that_study(
                 study = stack.wait_for_study(study_uid)
 
                 def report_delivered() -> dict[str, Any] | None:
-                    reports = (stack.study(study_uid) or {}).get("reports") or []
+                    reports = (stack.study(study_uid) or {}).get("reports") or []  # noqa: B023 (called here)
                     states = [d["status"] for d in reports[0]["deliveries"]] if reports else []
                     return reports[0] if states == ["DELIVERED"] * 3 else None
 

@@ -5,17 +5,18 @@ Redis alike."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from conftest import REDIS_URL, _require_redis
-from db_records import receive
 from worker.celery_app import create_celery
 from worker.config import WorkerConfig
 from worker.outbox import OutboxSweeper, TaskPublisher
+
+from conftest import REDIS_URL, _require_redis
+from db_records import receive
 
 
 @pytest.fixture(params=["embedded", "redis"])

@@ -7,16 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.sequence import Sequence
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEGBaseline8Bit, UID
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, JPEGBaseline8Bit
+from test_pixels_and_checks import lung_and_mediastinum
 
-from conftest import SHARED_DATA, real_dicom_files
 from dicom_io.display import PixelDataError, display_image, render
 from dicom_io.files import read_dataset
 from dicom_io.synthetic import chest_dataset
+
+from conftest import SHARED_DATA, real_dicom_files
 from pixel_samples import LOSSLESS, LOSSY, dataset_from_pixels, encode, real_chest_12bit
-from test_pixels_and_checks import lung_and_mediastinum
 
 
 @pytest.fixture(scope="module")

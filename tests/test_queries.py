@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -106,7 +106,7 @@ def test_outbox_finds_unqueued_and_abandoned_instances(sessions: sessionmaker[Se
         queries.mark_queued(session, abandoned)
         queries.claim(session, abandoned.instance_id)
     process(sessions, finished, 0.1)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with sessions() as session:
         soon = queries.stranded(session, received_before=now + timedelta(seconds=1),
                                 started_before=now - timedelta(seconds=60))
@@ -121,10 +121,10 @@ def test_stranded_can_leave_queued_instances_out(sessions: sessionmaker[Session]
     queued = receive(sessions, "5.6", "5.8")
     with sessions.begin() as session:
         queries.mark_queued(session, queued)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with sessions() as session:
         waiting = queries.stranded(session, received_before=now, started_before=now + timedelta(seconds=60),
-                                   queued_before=datetime.min.replace(tzinfo=timezone.utc))
+                                   queued_before=datetime.min.replace(tzinfo=UTC))
         lost = queries.stranded(session, received_before=now, started_before=now - timedelta(seconds=60),
                                 queued_before=now + timedelta(seconds=1))
         assert queries.queued_count(session) == 1

@@ -9,9 +9,9 @@ import math
 import shutil
 import subprocess
 import warnings
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -21,11 +21,21 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 
-from conftest import real_dicom_files
 from dicom_io.report_heatmap import build_heatmap_capture
-from dicom_io.report_sr import (NOT_ANALYSED, PNEUMONIA, PNEUMONIA_SCORE, PRIVATE_SCHEME, TRIAGE_FLAG, Algorithm,
-                                ImageFinding, StudyResult, build_report)
+from dicom_io.report_sr import (
+    NOT_ANALYSED,
+    PNEUMONIA,
+    PNEUMONIA_SCORE,
+    PRIVATE_SCHEME,
+    TRIAGE_FLAG,
+    Algorithm,
+    ImageFinding,
+    StudyResult,
+    build_report,
+)
 from dicom_io.synthetic import chest_dataset
+
+from conftest import real_dicom_files
 
 ALGORITHM = Algorithm(name="cxr-triage pneumonia triage (ResNet50)", version="cxr-resnet50-kermany-v1",
                       weights_sha256="0123456789abcdef" * 4, software_version="0.1.0")

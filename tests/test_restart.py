@@ -6,8 +6,9 @@ from pathlib import Path
 
 from dicom_io.sender import send_files
 from dicom_io.synthetic import chest_dataset
-from stack import Stack, wait_until
+
 from conftest import TEST_CALLING_AETS, make_backend
+from stack import Stack, wait_until
 
 BACKLOG = 8
 

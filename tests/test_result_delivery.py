@@ -4,9 +4,8 @@ down and comes back, dead letters, and what the API and /metrics show of it."""
 from __future__ import annotations
 
 import re
-
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,14 @@ from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import peers
 from db import reports
 from db.models import Delivery, DeliveryStatus, InstanceStatus, Study
-from db_records import process, receive
 from dicom_io.synthetic import chest_dataset
 from worker.config import DicomDestination, ReportingConfig
 from worker.reporting import Reporter
+
+import peers
+from db_records import process, receive
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -28,7 +28,7 @@ STUDY = "1.2.826.0.1.3680043.8.498.4242"
 
 
 def _later(seconds: float) -> datetime:
-    return datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def _image(sessions: sessionmaker[Session], folder: Path, *, study: str = STUDY, view: str = "PA",
@@ -105,7 +105,7 @@ def test_delivery_waits_for_a_pacs_that_is_down_and_lands_exactly_once(sessions:
         (report,) = reports.study_reports(session, STUDY)
     (delivery,) = report["deliveries"]
     assert delivery["status"] == "PENDING" and delivery["attempts"] == 1 and delivery["last_error"]
-    assert delivery["next_attempt_at"] > datetime.now(timezone.utc)  # backed off, not hammering
+    assert delivery["next_attempt_at"] > datetime.now(UTC)  # backed off, not hammering
     assert reporter.deliver_due() == 0  # not due yet: nothing is tried
 
     with orthanc:
@@ -158,9 +158,9 @@ def test_two_reporters_never_claim_the_same_delivery(sessions: sessionmaker[Sess
     Reporter(_config(tmp_path, dicom_destinations=(destination,)), sessions).make_reports(now=_later(31))
     lease = timedelta(seconds=60)
     with sessions.begin() as session:
-        first = reports.claim_due(session, now=datetime.now(timezone.utc), lease=lease)
+        first = reports.claim_due(session, now=datetime.now(UTC), lease=lease)
     with sessions.begin() as session:
-        second = reports.claim_due(session, now=datetime.now(timezone.utc), lease=lease)
+        second = reports.claim_due(session, now=datetime.now(UTC), lease=lease)
     with sessions.begin() as session:
         after_lease = reports.claim_due(session, now=_later(120), lease=lease)  # the first claimer died
     assert len(first) == 1 and second == [] and len(after_lease) == 1
@@ -171,8 +171,9 @@ def test_the_ris_gets_an_oru_keyed_by_accession_and_a_nak_is_retried(sessions: s
                                                                      tmp_path: Path) -> None:
     import hl7
 
-    from hl7_peer import MllpListener, ack
     from worker.config import HostPort
+
+    from hl7_peer import MllpListener, ack
 
     _image(sessions, tmp_path, score=0.9)
     answers = iter(["AE", "AA"])  # the RIS refuses once (e.g. busy), then takes it

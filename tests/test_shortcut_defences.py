@@ -50,7 +50,8 @@ def test_sampling_balances_classes_within_a_site_and_weighs_sites_by_square_root
     assert weights.sum() == pytest.approx(1.0)
 
     def mass(site: str, label: int | None = None) -> float:
-        return float(sum(w for s, w in zip(samples, weights) if s.site == site and label in (None, s.label)))
+        return float(sum(w for s, w in zip(samples, weights, strict=True)
+                         if s.site == site and label in (None, s.label)))
 
     assert mass("nih", 0) == pytest.approx(mass("nih", 1))  # NIH-looking predicts nothing about the label
     assert mass("nih") / mass("bimcv") == pytest.approx(np.sqrt(1000 / 400))

@@ -7,11 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from dicom_io.listener import (STATUS_OUT_OF_RESOURCES, Listener, ListenerConfig, OutOfResources,
-                               ReceivedInstance, RejectedInstance)
+from dicom_io.listener import (
+    STATUS_OUT_OF_RESOURCES,
+    Listener,
+    ListenerConfig,
+    OutOfResources,
+    ReceivedInstance,
+    RejectedInstance,
+)
 from dicom_io.sender import send_files
 from dicom_io.spool import Spool
 from dicom_io.synthetic import chest_dataset
+
 from peers import free_port
 
 

@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from stack import wait_until
 from triage.supervisor import WorkerSupervisor
 from worker.queue_files import quarantine_unreadable_messages
+
+from stack import wait_until
 
 
 def _ended(pid: int) -> bool:
@@ -82,6 +83,7 @@ def test_serve_resumes_after_its_worker_is_killed_and_a_message_file_is_empty(tm
 
     from dicom_io.sender import send_files
     from dicom_io.synthetic import chest_dataset
+
     from peers import free_port, wait_for_port
 
     data, dicom_port, web_port = tmp_path / "var", free_port(), free_port()

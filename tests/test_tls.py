@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import peers
 from dicom_io.listener import Listener, ListenerConfig, ReceivedInstance, RejectedInstance
 from dicom_io.sender import send_files
 from dicom_io.synthetic import chest_dataset
 from dicom_io.tls import client_context
+
+import peers
 from peers import free_port
 
 
@@ -120,9 +121,10 @@ def test_the_web_server_speaks_https_with_a_certificate(tmp_path: Path, monkeypa
 
     import httpx
 
-    from peers import wait_for_port
     from triage.cli import web_server
     from triage.settings import Settings
+
+    from peers import wait_for_port
 
     cert, key = tmp_path / "web.crt", tmp_path / "web.key"
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",

@@ -13,8 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
-from model.data import (AugmentSpec, Sample, augment_batch, batch_to_model_input, build_cache, deduplicate, discover,
-                        displays_from_cache, load_display, patient_from_name, patient_split)
+from model.data import (
+    AugmentSpec,
+    Sample,
+    augment_batch,
+    batch_to_model_input,
+    build_cache,
+    deduplicate,
+    discover,
+    displays_from_cache,
+    load_display,
+    patient_from_name,
+    patient_split,
+)
 from model.preprocess import PreprocessSpec, to_model_input
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -66,7 +77,8 @@ def test_deduplicate_drops_copies_and_conflicts(tmp_path: Path) -> None:
 
 def test_patient_split_is_disjoint_and_stratified() -> None:
     samples = [Sample(Path(f"/x/{p}_{i}.png"), label=int(p.startswith("person")), patient=p, folder="F")
-               for p in [f"person{k}" for k in range(60)] + [f"im-{k}" for k in range(40)] for i in range(1 + len(p) % 3)]
+               for p in [f"person{k}" for k in range(60)] + [f"im-{k}" for k in range(40)]
+               for i in range(1 + len(p) % 3)]
     train, val = patient_split(samples, 0.2, seed=1)
     assert {s.patient for s in train}.isdisjoint({s.patient for s in val})
     assert len(train) + len(val) == len(samples)

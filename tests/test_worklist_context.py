@@ -19,8 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.engine import alembic_config, make_engine, make_session_factory, migrate
 from db.models import InstanceStatus, Study, as_utc, utcnow
-from dicom_io.header import (PRIORITIES, age_from_dates, age_from_text, order_priority, patient_age_years,
-                             patient_sex, read_header)
+from dicom_io.header import (
+    PRIORITIES,
+    age_from_dates,
+    age_from_text,
+    order_priority,
+    patient_age_years,
+    patient_sex,
+    read_header,
+)
 from dicom_io.synthetic import chest_dataset
 from triage.runtime import listener_config, settings_env, worker_config
 from triage.settings import Settings

@@ -125,3 +125,30 @@ def test_a_preview_failure_never_fails_the_instance(tmp_path: Path, model_path: 
     outcome = Pipeline(config).analyse(source)
     assert outcome.status.value == "DONE" and outcome.score is not None
     assert outcome.preview_path is None and outcome.heatmap_path is None
+
+
+def test_a_lateral_view_gets_a_preview_but_no_score_and_no_heat_map(tmp_path: Path, model_path: Path) -> None:
+    """The study page shows every image: a lateral is not scored (NOT_ANALYSED, LATERAL_VIEW) but its picture is
+    written, rendered like a scored one; a worker without a previews folder writes none."""
+    from worker.pipeline import Pipeline
+
+    config = WorkerConfig(database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", broker_url="filesystem://",
+                          spool_dir=tmp_path / "spool", rejected_dir=tmp_path / "rejected",
+                          queue_dir=tmp_path / "queue", model_path=model_path, model_cache_dir=tmp_path / "models",
+                          device="cpu", previews_dir=tmp_path / "previews")
+    source = tmp_path / "lateral.dcm"
+    lateral = chest_dataset(patient_index=6, view="LL")
+    lateral.save_as(source, enforce_file_format=True)
+    pipeline = Pipeline(config)
+    outcome = pipeline.analyse(source)
+    assert outcome.status.value == "NOT_ANALYSED" and outcome.reason == "LATERAL_VIEW"
+    assert outcome.score is None and outcome.heatmap_path is None and outcome.preview_path is not None
+    picture = np.asarray(Image.open(outcome.preview_path))
+    expected = np.asarray(previews.preview_image(display_image(lateral)))
+    assert picture.shape == expected.shape and np.array_equal(picture, expected)
+
+    pipeline.previews = None
+    assert pipeline.analyse(source).preview_path is None
+    not_chest = tmp_path / "knee.dcm"
+    chest_dataset(patient_index=7, body_part="KNEE").save_as(not_chest, enforce_file_format=True)
+    assert Pipeline(config).analyse(not_chest).preview_path is None  # only laterals are shown unscored

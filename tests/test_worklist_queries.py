@@ -3,7 +3,7 @@ token, the audit table, the metrics snapshot and the 0001 → 0002 migration."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -97,7 +97,7 @@ def test_received_date_range_and_sorts_and_paging(sessions: sessionmaker[Session
             accession_number=f"B{index}")
         with sessions.begin() as session:
             session.execute(update(Study).where(Study.study_instance_uid == study).values(
-                received_at=datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=timezone.utc)))
+                received_at=datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC)))
     assert order(sessions, received_from=date(2026, 1, 2)) == ["s.d2", "s.d3"]
     assert order(sessions, received_to=date(2026, 1, 2)) == ["s.d1", "s.d2"]  # the whole last day counts
     assert order(sessions, received_from=date(2026, 1, 2), received_to=date(2026, 1, 2)) == ["s.d2"]
@@ -114,8 +114,8 @@ def test_received_days_are_the_sites_days(sessions: sessionmaker[Session]) -> No
     from zoneinfo import ZoneInfo
 
     new_york, auckland = ZoneInfo("America/New_York"), ZoneInfo("Pacific/Auckland")
-    arrivals = {"s.late": datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc),  # 25 Nov 22:00 in New York
-                "s.noon": datetime(2026, 11, 26, 17, 0, tzinfo=timezone.utc)}  # 26 Nov 12:00 in New York
+    arrivals = {"s.late": datetime(2026, 11, 26, 3, 0, tzinfo=UTC),  # 25 Nov 22:00 in New York
+                "s.noon": datetime(2026, 11, 26, 17, 0, tzinfo=UTC)}  # 26 Nov 12:00 in New York
     for index, (study, received) in enumerate(arrivals.items()):
         add(sessions, f"9.{index}", study, 0.1)
         with sessions.begin() as session:
@@ -242,13 +242,14 @@ def test_metrics_snapshot_counts_and_histograms(sessions: sessionmaker[Session])
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migration_0002_keeps_rows_and_backfills_time_to_flag(backend: str, tmp_path: Path) -> None:
     from alembic import command
+
     from conftest import _postgres_database
 
     urls = iter([f"sqlite:///{tmp_path / 'old.sqlite3'}"]) if backend == "sqlite" else _postgres_database()
     for url in urls:
         command.upgrade(alembic_config(url), "0001")
         engine = create_engine(url)
-        received = datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc)
+        received = datetime(2026, 3, 1, 8, 0, 0, tzinfo=UTC)
         with engine.begin() as connection:
             connection.execute(text(
                 "INSERT INTO studies (study_instance_uid, patient_name, patient_id, accession_number, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from worker.celery_app import create_celery
 from worker.config import WorkerConfig

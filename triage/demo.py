@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.progress import Progress
@@ -18,8 +18,8 @@ from dicom_io.sender import send_files
 from dicom_io.synthetic import write_samples
 from triage.cli import console, print_worklist, web_server
 from triage.runtime import listener_client_tls, listener_config, settings_env, worker_config
-from triage.supervisor import WorkerSupervisor
 from triage.settings import Settings
+from triage.supervisor import WorkerSupervisor
 from worker.services import IngestService
 
 SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
@@ -74,7 +74,7 @@ def run_demo(settings: Settings, *, once: bool, source: Path | None, timeout: fl
     web_thread = threading.Thread(target=server.run, name="web", daemon=True)
     web_thread.start()
     try:
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         started = time.monotonic()
         results = send_files(files, host="127.0.0.1", port=ingest.listener.port if ingest.listener else 0,
                              called_aet=settings.dicom_ae_title, calling_aet="CXR_DEMO",

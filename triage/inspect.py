@@ -11,8 +11,8 @@ from PIL import Image
 from dicom_io.display import PixelDataError, describe_window
 from dicom_io.files import read_dataset
 from dicom_io.reasons import Reason
-from model.preprocess import PreprocessSpec
 from model.preparation import prepare
+from model.preprocess import PreprocessSpec
 
 
 @dataclass

@@ -7,6 +7,7 @@ so a restarted ``serve`` never ends up with two.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -26,10 +27,8 @@ def _die_with_parent() -> None:
     """In the child, before exec: Linux sends SIGTERM when the parent dies (elsewhere: nothing, best effort).
     Linux counts the *thread* that started the child as its parent: the supervisor's watch thread, which lives as
     long as the supervision does."""
-    try:
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 WORKER_COMMAND = [sys.executable, "-m", "triage", "worker"]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
-from model.folders import DEFAULT_IGNORED, DEFAULT_POSITIVE
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from model.folders import DEFAULT_IGNORED, DEFAULT_POSITIVE
 
 console = Console()
 
@@ -40,9 +40,9 @@ def _default_model() -> Path:
 
 def train_command(
     data: DataOption,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder: cache, logs, resumable state "
+    out: Annotated[Path | None, typer.Option(help="Run folder: cache, logs, resumable state "
                                                       "(default var/train/<UTC time>). Rerun to resume.")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Where to write the checkpoint (default OUT/model.safetensors)."
+    output: Annotated[Path | None, typer.Option(help="Where to write the checkpoint (default OUT/model.safetensors)."
                                                    )] = None,
     stages: Annotated[str, typer.Option(help="Progressive resizing, SIZE:EPOCHS,…; the last size is the model's input "
                                              "size (a fraction trains part of an epoch).")] = "128:6,224:2",
@@ -71,10 +71,10 @@ def train_command(
                                             "CPU's flags; never used without them).")] = True,
     augment: Annotated[bool, typer.Option(help="Rotation/scale/translation and brightness/contrast/gamma; "
                                                "never a horizontal flip.")] = True,
-    init_weights: Annotated[Optional[Path], typer.Option(help="Initialise from a torchvision ResNet50 weights file "
+    init_weights: Annotated[Path | None, typer.Option(help="Initialise from a torchvision ResNet50 weights file "
                                                                "(.pth/.safetensors); the head is replaced.")] = None,
     device: Annotated[str, typer.Option(help="torch device; empty = cuda when available.")] = "",
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop before an epoch that would end after this.")
+    max_minutes: Annotated[float | None, typer.Option(help="Stop before an epoch that would end after this.")
                            ] = None,
     min_auc: Annotated[float, typer.Option(help="Write no checkpoint when validation AUC is below this.")] = 0.9,
     version: Annotated[str, typer.Option(help="Model version string stored in the checkpoint.")] = "",
@@ -89,7 +89,7 @@ def train_command(
 
     if balance not in ("weights", "sampler", "sites"):
         raise typer.BadParameter("balance must be 'weights', 'sampler' or 'sites'")
-    run = out or Path("var/train") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run = out or Path("var/train") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     config = TrainConfig(
         data=list(data), out=run, negative=_split_folders(negative_folder), positive=_split_folders(positive_folder),
         stages=parse_stages(stages), batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -122,7 +122,7 @@ def train_command(
 def evaluate_command(
     data: Annotated[Path, typer.Option(help="Folder with NORMAL/ and positive class folders.")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.txt, scores.csv and PNG plots.")],
-    model: Annotated[Optional[Path], typer.Option(help="Checkpoint; default = TRIAGE_MODEL or the shipped model.")
+    model: Annotated[Path | None, typer.Option(help="Checkpoint; default = TRIAGE_MODEL or the shipped model.")
                      ] = None,
     positive_folder: Annotated[list[str], typer.Option(help="Folders of the positive class (repeat or "
                                                              "comma-separate).")] = list(DEFAULT_POSITIVE),
@@ -131,14 +131,14 @@ def evaluate_command(
                                                            "unmapped folder stops the run.")] = list(DEFAULT_IGNORED),
     by_folder: Annotated[bool, typer.Option(help="DATA is SOURCE/CLASS/: report metrics per source folder too."
                                             )] = False,
-    threshold: Annotated[Optional[float], typer.Option(help="Override; default = TRIAGE_THRESHOLD or the "
+    threshold: Annotated[float | None, typer.Option(help="Override; default = TRIAGE_THRESHOLD or the "
                                                             "checkpoint's.")] = None,
     bootstrap: int = 1000,
     device: str = "",
 ) -> None:
     """Confusion matrix, accuracy, recall, precision, specificity, F1, ROC AUC with 95% bootstrap intervals."""
-    from model.folders import UnmappedFolderError
     from model.evaluate import evaluate
+    from model.folders import UnmappedFolderError
     from model.metrics import format_sources, format_table
     from triage.cli import load_settings
 
@@ -174,9 +174,9 @@ def evaluate_command(
 
 def validation_report_command(
     run: Annotated[Path, typer.Option(help="A training run folder (its config.json and split.json).")],
-    model: Annotated[Optional[Path], typer.Option(help="Checkpoint; default = TRIAGE_MODEL or the shipped model.")
+    model: Annotated[Path | None, typer.Option(help="Checkpoint; default = TRIAGE_MODEL or the shipped model.")
                      ] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Override the checkpoint's threshold.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Override the checkpoint's threshold.")] = None,
     bootstrap: int = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -211,7 +211,7 @@ model_app = typer.Typer(help="Inspect model checkpoints.", no_args_is_help=True)
 
 @model_app.command("info")
 def model_info(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint; default = the model in use.")] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(help="Checkpoint; default = the model in use.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Print a checkpoint's metadata and sha256."""

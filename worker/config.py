@@ -47,7 +47,7 @@ class DicomDestination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "DicomDestination":
+    def parse(cls, text: str) -> DicomDestination:
         aet, sep, address = text.strip().partition("@")
         host, colon, port = address.rpartition(":")
         if not (sep and colon and aet and host and port.isdigit() and 0 < int(port) < 65536 and len(aet) <= 16):
@@ -66,7 +66,7 @@ class HostPort:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "HostPort":
+    def parse(cls, text: str) -> HostPort:
         host, colon, port = text.strip().rpartition(":")
         if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
             raise ValueError(f"{text!r} is not host:port")

@@ -39,15 +39,15 @@ import math
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Final
 
 import hl7
 from hl7.client import MLLPClient
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Element, Message, Segment
-from hl7apy.factories import datatype_factory
 from hl7apy.exceptions import HL7apyException
+from hl7apy.factories import datatype_factory
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def build_oru(
         raise ValueError(f"study {observation.study_instance_uid}: no accession number, the RIS cannot file it")
     if not observation.patient_id.strip():
         raise ValueError(f"study {observation.study_instance_uid}: no patient id (PID-3 is required)")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     try:
         message = _build(observation, control_id, sending_application, sending_facility, receiving_application,
                          receiving_facility, now, processing_id)
@@ -272,7 +272,7 @@ def _put_text(parent: Element, name: str, value: str) -> None:
 
 def _ts(moment: datetime) -> str:
     """HL7 TS in UTC with an explicit offset, so no receiver has to guess our time zone."""
-    return moment.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    return moment.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
 def _nm(value: float) -> str:

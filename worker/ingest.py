@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Mapping
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -82,7 +82,7 @@ class Ingestor:
 
     def reject(self, rejected: RejectedInstance) -> None:
         """Keep the refused payload and a row about it, so a person can see what a sender tried to send."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         payload_path: Path | None = self.rejected_dir / f"{stamp}-{uuid.uuid4().hex[:12]}.dcm"
         try:
             self.rejected_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from celery import Celery
 from kombu.exceptions import ChannelError
@@ -66,7 +66,7 @@ class OutboxSweeper:
         self._thread: threading.Thread | None = None
 
     def sweep_once(self) -> int:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         requeue_before = now - timedelta(seconds=self.config.requeue_after_s)
         depth = self.publish.queue_depth(self.config.queue)
         with self.sessions.begin() as session:
@@ -94,7 +94,7 @@ class OutboxSweeper:
         if depth == 0:
             return now - timedelta(seconds=self.config.received_grace_s)
         if depth is not None and depth >= queries.queued_count(session):
-            return datetime.min.replace(tzinfo=timezone.utc)
+            return datetime.min.replace(tzinfo=UTC)
         return requeue_before
 
     def _run(self) -> None:

@@ -12,15 +12,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.engine import open_database
 from db.models import InstanceStatus
-from dicom_io.reasons import NO_USABLE_PIXELS, Reason
 from dicom_io.display import PixelDataError
+from dicom_io.reasons import NO_USABLE_PIXELS, Reason
 from model.checkpoint import CheckpointMetadata, default_checkpoint
 from model.inference import Classifier
-from worker.config import WorkerConfig
 from model.preparation import prepare
-from worker.previews import PreviewWriter, write_previews
+from worker.config import WorkerConfig
+from worker.previews import PreviewWriter, write_previews, write_unscored_preview
 
 log = logging.getLogger(__name__)
+# Images the model does not score whose picture a reader still wants on the study page (marked "not scored").
+PREVIEW_UNSCORED = frozenset({Reason.LATERAL_VIEW})
 
 
 
@@ -78,13 +80,15 @@ class Pipeline:
         except Exception as exc:
             return queries.Outcome(InstanceStatus.FAILED, Reason.UNREADABLE_DICOM, f"{type(exc).__name__}: {exc}")
         if "SOPClassUID" not in ds and "PixelData" not in ds:  # force=True turns any bytes into a "dataset"
-            return queries.Outcome(InstanceStatus.FAILED, Reason.UNREADABLE_DICOM, f"{path.name} is not a DICOM instance")
+            return queries.Outcome(InstanceStatus.FAILED, Reason.UNREADABLE_DICOM,
+                                   f"{path.name} is not a DICOM instance")
         try:
             prepared = prepare(ds, self.classifier.preprocess)
             if prepared.model_input is None:
                 reason = prepared.assessment.reason
                 status = InstanceStatus.FAILED if reason in NO_USABLE_PIXELS else InstanceStatus.NOT_ANALYSED
-                return queries.Outcome(status, reason)
+                shown = write_unscored_preview(self.previews, path.stem, ds) if reason in PREVIEW_UNSCORED else None
+                return queries.Outcome(status, reason, preview_path=shown.preview if shown else None)
             score = float(self.classifier.score(prepared.model_input[None])[0])
         except PixelDataError as exc:
             return queries.Outcome(InstanceStatus.FAILED, exc.reason, exc.detail[:2000])

@@ -1,7 +1,9 @@
-"""Per-image pictures for the worklist: the display image the model saw, downscaled, and its Grad-CAM overlay.
+"""Per-image pictures for the worklist: the display image the model saw, downscaled, and its Grad-CAM overlay;
+for a lateral view (not scored, but read beside the frontal one) the display image alone.
 
-Written by the worker right after an image is scored, into ``<data_dir>/previews/`` (a shared volume in a fleet,
-like the spool), and served by the web page from the paths recorded with the instance. A preview is a nicety:
+Written by the worker right after an image is scored (or found to be a lateral view), into
+``<data_dir>/previews/`` (a shared volume in a fleet, like the spool), and served by the web page from the paths
+recorded with the instance. A preview is a nicety:
 nothing here may fail an instance, so :func:`write_previews` logs and returns no paths instead of raising.
 """
 
@@ -12,11 +14,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dicom_io.display import render
 from model.heatmap import ActivationCapture, cam_from_activations, grad_cam, upsample
 from model.inference import Classifier
 
@@ -130,6 +134,21 @@ class PreviewWriter:
             log.warning("heat map for %s not written", key, exc_info=True)
             return Previews(str(preview_path), None)
         return Previews(str(preview_path), str(heatmap_path))
+
+
+def write_unscored_preview(writer: PreviewWriter | None, key: str, ds: Any) -> Previews:
+    """The preview of an image the model does not score but a reader looks at (a lateral view): the display image
+    rendered as for a scored one (same LUTs, same size), no heat map. Never raises: a picture that cannot be made
+    (unreadable pixels, a full disk) is logged and leaves the path empty; the instance keeps its reason."""
+    if writer is None:
+        return Previews()
+    try:
+        preview_path, _ = writer.paths(key)
+        _atomic_png(preview_image(render(ds).image), preview_path)
+        return Previews(str(preview_path), None)
+    except Exception:
+        log.warning("preview for %s not written", key, exc_info=True)
+        return Previews()
 
 
 def write_previews(writer: PreviewWriter | None, key: str, display: np.ndarray, batch: torch.Tensor,

@@ -12,9 +12,9 @@ import io
 import logging
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -57,7 +57,7 @@ class Reporter:
 
     def make_reports(self, now: datetime | None = None) -> int:
         """A new report version for every quiet study whose result changed; returns how many were made."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         with self.sessions() as session:
             due = reports.due_studies(session, quiet_before=now - timedelta(seconds=self.config.quiet_s))
         made = 0
@@ -150,7 +150,7 @@ class Reporter:
 
     def deliver_due(self, now: datetime | None = None) -> int:
         """Send every due delivery once; returns how many were delivered."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         lease = timedelta(seconds=self.config.send_timeout_s * 4 + 30)
         with self.sessions.begin() as session:
             jobs = reports.claim_due(session, now=now, lease=lease)
@@ -163,7 +163,7 @@ class Reporter:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             retry_at = None
             if error is not None and job.attempts < self.config.max_attempts:
-                retry_at = datetime.now(timezone.utc) + timedelta(seconds=self.retry_delay(job.attempts))
+                retry_at = datetime.now(UTC) + timedelta(seconds=self.retry_delay(job.attempts))
             with self.sessions.begin() as session:
                 status = reports.record_attempt(session, job.delivery_id, error=error, retry_at=retry_at)
             delivered += status == "DELIVERED"

@@ -5,17 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 from db import queries
 from db.engine import open_database
 from dicom_io.files import encoded_file
-from dicom_io.listener import Listener, ListenerConfig, OutOfResources, parse_received, ReceivedInstance
+from dicom_io.listener import Listener, ListenerConfig, OutOfResources, ReceivedInstance, parse_received
 from dicom_io.spool import Spool
 from worker.celery_app import create_celery
 from worker.config import ReportingConfig, WorkerConfig
+from worker.heartbeat import Heartbeat
 from worker.ingest import Ingestor
 from worker.outbox import OutboxSweeper, TaskPublisher
-from worker.heartbeat import Heartbeat
 from worker.queue_files import quarantine_unreadable_messages
 
 log = logging.getLogger(__name__)

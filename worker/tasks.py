@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from celery import Task, shared_task
-from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from worker.celery_app import CLASSIFY_TASK
 from worker.pipeline import Pipeline
