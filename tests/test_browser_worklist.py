@@ -24,6 +24,7 @@ from dicom_io.sender import send_files
 from dicom_io.synthetic import chest_dataset
 from stack import Backend, Stack
 from test_worklist_heatmap import mid_range_checkpoint
+from worklist.presentation import person_name
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is in the dev extras")
 
@@ -160,7 +161,7 @@ def test_studies_appear_live_in_triage_order_and_the_reader_keeps_their_place(pa
 
     scenario.send("unflagged")
     _wait_for_order(page, [u])
-    expect(_row(page, u).locator("td").nth(2)).to_have_text("done", timeout=RESULT_TIMEOUT_MS)
+    expect(_row(page, u).locator("td.c-status")).to_have_text("done", timeout=RESULT_TIMEOUT_MS)
     expect(_row(page, u).locator(".badge")).to_have_text("not flagged")
     # The first score came from an untrained model: the banner appears with it, without a reload.
     expect(page.locator(".untrained")).to_have_text("UNTRAINED MODEL — scores are meaningless")
@@ -176,12 +177,12 @@ def test_studies_appear_live_in_triage_order_and_the_reader_keeps_their_place(pa
 
     scenario.send("lateral")
     _wait_for_order(page, [f, u, lat])  # unflagged ones in arrival order
-    expect(_row(page, lat).locator("td").nth(2)).to_contain_text("not analysed: LATERAL_VIEW",
-                                                                 timeout=RESULT_TIMEOUT_MS)
-    expect(_row(page, lat).locator("td").nth(2)).to_contain_text("(lateral view)")
+    expect(_row(page, lat).locator("td.c-status")).to_contain_text("not analysed: LATERAL_VIEW",
+                                                                   timeout=RESULT_TIMEOUT_MS)
+    expect(_row(page, lat).locator("td.c-status")).to_contain_text("(lateral view)")
     expect(page.locator("#live-status")).to_contain_text("List updated")
     assert page.evaluate("window.__notReloaded === true")
-    expect(_row(page, f).locator("td").nth(2)).to_have_text("done", timeout=RESULT_TIMEOUT_MS)
+    expect(_row(page, f).locator("td.c-status")).to_have_text("done", timeout=RESULT_TIMEOUT_MS)
     _shot(page, "worklist.png")
 
 
@@ -192,7 +193,7 @@ def test_study_page_shows_previews_and_toggles_the_heat_map(page, scenario: Scen
     page.goto("/")
     _row(page, f).locator("a.study-link").click()
     page.wait_for_url(f"**/studies/{f}**")
-    expect(page.locator("h1")).to_contain_text(str(header(scenario, "flagged").PatientName))
+    expect(page.locator("h1")).to_contain_text(person_name(str(header(scenario, "flagged").PatientName)))
     expect(page.locator(".decision .badge")).to_have_text("▲ FLAGGED")
     expect(page.locator(".decision")).to_contain_text("Triage support, not a diagnosis.")
     image = page.locator("img.preview").first
@@ -219,8 +220,13 @@ def test_study_page_shows_previews_and_toggles_the_heat_map(page, scenario: Scen
     rows = scenario.stack.sql("SELECT actor, action FROM audit_events WHERE study_instance_uid = :uid", uid=f)
     assert ("loopback-demo", "view") in rows and ("loopback-demo", "image") in rows
 
+    # A lateral view is not scored, but its picture is shown, marked so (and without a heat map).
     page.goto(f"/studies/{scenario.uids['lateral']}")
-    expect(page.locator(".nopreview")).to_contain_text("No preview: not analysed: LATERAL_VIEW (lateral view)")
+    expect(page.locator(".not-scored-label")).to_have_text("⊘ not scored: lateral view")
+    lateral = page.locator("img.preview")
+    expect(lateral).to_have_attribute("alt", "Image 1 (LL): not scored by the model")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=lateral.element_handle())
+    expect(page.locator("button.heatmap-toggle")).to_have_count(0)
 
 
 def test_marking_read_moves_the_row_to_the_bottom_of_its_group(page, scenario: Scenario) -> None:  # type: ignore[no-untyped-def]

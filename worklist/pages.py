@@ -1,7 +1,9 @@
 """The radiologists' pages: the worklist, a study, the model in use, and the login form (with tokens only).
 
-Server-rendered HTML; a little JavaScript (static/worklist.js) keeps the list current without a reload and
-toggles the heat map. Everything works without it, except the live updates.
+Server-rendered HTML; a little JavaScript (static/worklist.js) keeps the list current without a reload, raises the
+alerts for new flags (tab title, the "N new flagged" bar, desktop notification, beep), adds the reading keys and the
+whole-row link, the theme choice, the heat map toggle and the full-size image. Everything works without it, except
+those.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from db.models import utcnow
 from worklist.api import study_body
 from worklist.auth import COOKIE_MAX_AGE_S, COOKIE_NAME, Tokens, identity
 from worklist.deps import StudyUid, audit, db_session
-from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, status_text
+from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, age_sex, age_sex_words, status_text, viewer_url
 from worklist.problems import Problem
 
 router = APIRouter(include_in_schema=False)
@@ -48,6 +50,8 @@ FILTER_OPTIONS = {
     "flag": [("", "all"), ("flagged", "flagged"), ("not_flagged", "not flagged")],
     "status": [("", "all"), *STATUS_LABELS.items()],
     "read": [("", "all"), ("unread", "unread"), ("read", "read")],
+    "sex": [("", "all"), ("F", "F"), ("M", "M"), ("O", "O")],
+    "priority": [("", "all"), *((p.value, p.value) for p in queries.OrderPriority)],
     "sort": list(SORT_LABELS.items()),
     "per_page": [(str(n), str(n)) for n in PER_PAGE_CHOICES],
 }
@@ -152,11 +156,26 @@ def worklist_page(request: Request, who: str = Depends(identity), db: Session = 
     offset = (query.page - 1) * query.per_page
     entries = queries.worklist(db, **query.filters, sort=query.sort, limit=query.per_page, offset=offset,
                                borderline_band=request.app.state.borderline_band)
+    # The tab title's count: the unread flagged studies of this list (its filters, all its pages).
+    unread_flagged = 0 if query.filters["flagged"] is False or query.filters["read"] is True else \
+        queries.worklist_total(db, **(query.filters | {"flagged": True, "read": False}))
+    modalities = queries.worklist_modalities(db)
+    if query.values["modality"] and query.values["modality"].upper() not in modalities:
+        modalities.append(query.values["modality"])
+    versions = sorted({e.model_version for e in entries if e.model_version})
+    template = request.app.state.viewer_url_template
     context = _common(request, db, who) | {
         "entries": entries, "total": total, "query": query, "pages": pages, "offset": offset,
         "version": queries.worklist_version(db), "status_text": status_text, "sort_labels": SORT_LABELS,
-        "filter_options": FILTER_OPTIONS,
-        "back": quote(query.link(), safe=""),
+        "filter_options": FILTER_OPTIONS | {"modality": [("", "all"), *((m, m) for m in modalities)]},
+        "back": quote(query.link(), safe=""), "unread_flagged": unread_flagged,
+        "model_versions": versions, "untrained_versions": {e.model_version for e in entries
+                                                           if e.model_trained is False},
+        "viewer_urls": {e.study_uid: viewer_url(template, e.study_uid, e.accession_number, e.patient_id)
+                        for e in entries},
+        "age_sex": age_sex, "age_sex_words": age_sex_words,
+        "more_filters_open": any(query.values[key] for key in ("received_from", "received_to", "institution"))
+        or query.per_page != 50,
     }
     audit(request, who, "list", detail="GET /")
     return _html(request, "worklist.html", context)
@@ -167,14 +186,67 @@ def _clean_back(value: str) -> str:
     return _CONTROL.sub("", value)[:1000].lstrip("/?")
 
 
+def _clean_pos(value: str | None) -> int | None:
+    """A study's place in the list the reader came from (0 = first), or None."""
+    value = (value or "").strip()
+    return int(value) if value.isdecimal() and len(value) <= 9 else None
+
+
+def neighbours(db: Session, back: str, pos: int | None, study_uid: str, zone: tzinfo) -> dict[str, Any]:
+    """The studies before and after this one in the list the reader came from (``back``: its query string, so the
+    same filters and sort; ``pos``: where the study stood in it). A study that has left its place since (marked
+    read, so it moved down) is followed by the study that now stands there: reading on means reading the next one.
+    Without ``pos`` the study is looked for on the page ``back`` names. {"prev": …, "next": …}, each with the
+    study's entry, its place and the query string of its page; a key is absent at either end of the list."""
+    query = PageQuery.parse({key: values[0] for key, values in parse_qs(back).items()}, zone)
+
+    def window(offset: int, limit: int) -> list[queries.WorklistEntry]:
+        return queries.worklist(db, **query.filters, sort=query.sort, limit=limit, offset=offset)
+
+    if pos is None:
+        offset = (query.page - 1) * query.per_page
+        uids = [entry.study_uid for entry in window(offset, query.per_page)]
+        if study_uid not in uids:
+            return {}
+        pos = offset + uids.index(study_uid)
+    start = max(0, pos - 2)
+    entries = window(start, pos - start + 3)
+
+    def at(place: int) -> queries.WorklistEntry | None:
+        return entries[place - start] if place >= 0 and 0 <= place - start < len(entries) else None
+
+    # Still in its place, or moved by one (a study came or went above it)?
+    here = next((pos + shift for shift in (0, 1, -1) if (entry := at(pos + shift)) and entry.study_uid == study_uid),
+                None)
+    if here == pos + 1 and (moved := at(here)) and (taken := at(pos)) and moved.read and not taken.read:
+        here = None  # marked read, it went down its group: the study behind it took its place
+    places = {"prev": here - 1, "next": here + 1} if here is not None else {"prev": pos - 1, "next": pos}
+    found = {}
+    for key, place in places.items():
+        if (entry := at(place)) and entry.study_uid != study_uid:
+            found[key] = {"entry": entry, "pos": place, "back": query.link(page=place // query.per_page + 1)}
+    return found
+
+
+def study_link(study_uid: str, back: str, pos: int | None) -> str:
+    """The study page's address, with the list to return to and the study's place in it."""
+    params = ([f"back={quote(back, safe='')}"] if back else []) + ([f"pos={pos}"] if pos is not None else [])
+    return f"/studies/{quote(study_uid, safe='')}" + ("?" + "&".join(params) if params else "")
+
+
 @router.get("/studies/{study_uid}", response_class=HTMLResponse)
 def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identity),
                db: Session = Depends(db_session)) -> HTMLResponse:
-    study = study_body(db, study_uid, "/api", request.app.state.borderline_band)
+    study = study_body(db, study_uid, "/api", request.app.state.borderline_band, request.app.state.viewer_url_template)
     back = _clean_back(request.query_params.get("back", ""))
+    pos = _clean_pos(request.query_params.get("pos"))
+    near = neighbours(db, back, pos, study_uid, request.app.state.zone)
     context = _common(request, db, who, study["untrained_model"]) | {
         "study": study, "back": back, "status_text": status_text, "back_param": quote(back, safe=""),
-        "version": queries.study_version(db, study_uid)}
+        "version": queries.study_version(db, study_uid), "pos": pos, "age_sex": age_sex,
+        "age_sex_words": age_sex_words,
+        "near": {key: dict(value, href=study_link(value["entry"].study_uid, value["back"], value["pos"]))
+                 for key, value in near.items()}}
     audit(request, who, "view", study_uid, "GET /studies/{uid}")
     return _html(request, "study.html", context)
 
@@ -194,9 +266,8 @@ async def study_read_form(request: Request, study_uid: StudyUid, who: str = Depe
     with request.app.state.sessions.begin() as session:
         if queries.set_read(session, study_uid, read=action == "read", actor=who) is None:
             raise Problem(404, "study not found")
-    back = _clean_back(form.get("back", ""))
-    target = f"/studies/{quote(study_uid, safe='')}" + (f"?back={quote(back, safe='')}" if back else "")
-    return RedirectResponse(target, status_code=303)
+    return RedirectResponse(study_link(study_uid, _clean_back(form.get("back", "")), _clean_pos(form.get("pos"))),
+                            status_code=303)
 
 
 @router.get("/model", response_class=HTMLResponse)
