@@ -13,7 +13,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -48,6 +47,7 @@ def wait_for_study(ingest: IngestService, study_uid: str, timeout: float = 300) 
             study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
             if study is not None and study.status != StudyStatus.PENDING and study.flagged_at is not None:
                 received = session.scalar(select(Instance.received_at).where(Instance.study_id == study.id))
+                assert received is not None  # the study exists, so its instance does
                 return time.perf_counter() - start, study.flagged_at - received
         time.sleep(0.01)
     raise TimeoutError(study_uid)
@@ -149,4 +149,4 @@ def chest_dataset_uid(path: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -26,7 +26,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def measure(size: int, batch: int, steps: int, device: torch.device, precision: torch.dtype | None) -> float:
     torch.manual_seed(0)
-    network = build_network(2).to(device, memory_format=torch.channels_last).train()
+    network = build_network(2).to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=precision is torch.float16)
     inputs = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)

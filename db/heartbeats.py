@@ -31,5 +31,5 @@ class WorkerLiveness:
 def liveness(session: Session, alive_within_s: float = ALIVE_WITHIN_S) -> WorkerLiveness:
     now = utcnow()
     seen = session.scalars(select(WorkerHeartbeat.last_seen))
-    ages = [(now - as_utc(value)).total_seconds() for value in seen]  # type: ignore[operator]
+    ages = [(now - as_utc(value)).total_seconds() for value in seen]
     return WorkerLiveness(alive=sum(age <= alive_within_s for age in ages), last_seen_s=min(ages) if ages else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
@@ -267,7 +268,7 @@ def refresh_study(session: Session, study_id: int) -> None:
     study.report_due = True  # a final result: the reporter sends a new version after the quiet period if it changed
     # Receive→result latency from the study's latest receive: a copy resent hours later measures the system,
     # not the hours in between.
-    latest = max((as_utc(i.received_at) for i in instances), default=None)  # type: ignore[type-var]
+    latest = max((as_utc(i.received_at) for i in instances), default=None)
     study.time_to_flag_s = max(0.0, (study.flagged_at - latest).total_seconds()) if latest else None
 
 
@@ -543,7 +544,7 @@ def _judgement(session: Session, model_shas: set[str | None], band: float, now: 
         for sha, metadata in session.execute(select(ModelVersion.sha256, ModelVersion.metadata_json)
                                              .where(ModelVersion.sha256.in_(wanted))):
             population = metadata.get("validated_population") if isinstance(metadata, dict) else None
-            populations[sha] = population if isinstance(population, dict) else {}
+            populations[str(sha)] = population if isinstance(population, dict) else {}
     return _Judgement(band, populations, populations.get(newest, {}) if newest else {}, now or utcnow())
 
 
@@ -562,7 +563,7 @@ def worklist(session: Session, filters: WorklistFilter | None = None, *,
         .limit(limit)
         .offset(offset)
     )
-    rows = session.execute(_apply_filter(query, filters, images, failed)).all()
+    rows: Sequence[Any] = session.execute(_apply_filter(query, filters, images, failed)).all()
     judgement = _judgement(session, {row[0].model_sha256 for row in rows}, borderline_band, now)
     return [_entry(study, count, failed_count, trained, judgement) for study, count, failed_count, trained in rows]
 
@@ -580,7 +581,8 @@ def worklist_modalities(session: Session, limit: int = 50) -> list[str]:
     column = func.upper(Study.modality)
     query = (select(column).where(Study.modality.is_not(None), Study.modality != "").group_by(column)
              .order_by(column).limit(limit))
-    return [value for value in session.scalars(query) if value]
+    values: list[str] = list(session.scalars(query))
+    return [value for value in values if value]
 
 
 def _state(study: Study, images: int, failed: int) -> str:
@@ -745,7 +747,7 @@ def study_detail(session: Session, study_uid: str, *, borderline_band: float = D
             "model_version": i.model_version,
             "model_sha256": i.model_sha256,
             "receive_count": i.receive_count,
-            "received_at": as_utc(i.received_at).isoformat(),  # type: ignore[union-attr]
+            "received_at": as_utc(i.received_at).isoformat(),
             "finished_at": as_utc(i.finished_at).isoformat() if i.finished_at else None,
             "has_preview": bool(i.preview_path),
             "has_heatmap": bool(i.heatmap_path),
@@ -788,7 +790,7 @@ def audit_events(session: Session, *, study_uid: str | None = None, limit: int =
     if study_uid is not None:
         query = query.where(AuditEvent.study_instance_uid == study_uid)
     return [
-        {"at": as_utc(e.at).isoformat(), "actor": e.actor, "action": e.action,  # type: ignore[union-attr]
+        {"at": as_utc(e.at).isoformat(), "actor": e.actor, "action": e.action,
          "study_uid": e.study_instance_uid, "detail": e.detail}
         for e in session.scalars(query)
     ]
@@ -813,7 +815,7 @@ def model_versions(session: Session) -> list[dict[str, Any]]:
             "version": m.version,
             "trained": m.trained,
             "threshold": m.threshold,
-            "registered_at": as_utc(m.registered_at).isoformat(),  # type: ignore[union-attr]
+            "registered_at": as_utc(m.registered_at).isoformat(),
             "studies": int(in_use.get(m.sha256, 0)),
             "metadata": m.metadata_json,
         }

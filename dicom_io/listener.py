@@ -22,6 +22,7 @@ from typing import Protocol
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -67,7 +68,7 @@ class RejectedInstance:
 class Receiver(Protocol):
     """What the listener needs from the rest of the system (wired in ``worker``)."""
 
-    def commit(self, instance: ReceivedInstance) -> None:
+    def commit(self, instance: ReceivedInstance) -> object:
         """Make the instance durable (spool + database); raise OutOfResources when that is impossible."""
 
     def reject(self, rejected: RejectedInstance) -> None:
@@ -95,13 +96,13 @@ class StallWatchdog:
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._last_pdu: dict[object, float] = {}
+        self._last_pdu: dict[Association, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dicom-stall-watchdog", daemon=True)
 
     @property
-    def handlers(self) -> list[tuple[evt.NotificationEvent, object]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         return [(evt.EVT_CONN_OPEN, self._seen), (evt.EVT_PDU_RECV, self._seen), (evt.EVT_CONN_CLOSE, self._gone)]
 
     def _seen(self, event: Event) -> None:
@@ -113,7 +114,7 @@ class StallWatchdog:
             self._last_pdu.pop(event.assoc, None)
 
     @contextmanager
-    def our_turn(self, assoc: object) -> Iterator[None]:
+    def our_turn(self, assoc: Association) -> Iterator[None]:
         """While we work on a request (a slow commit) the peer is waiting for us, not stalling: do not count it."""
         with self._lock:
             tracked = self._last_pdu.pop(assoc, None) is not None
@@ -201,6 +202,7 @@ class TriageAssociationServer(ThreadedAssociationServer):
     handshake_timeout_s: float = 10.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None  # listening, or serve_forever would not be asking
         client_socket, address = self.socket.accept()
         client_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
@@ -278,6 +280,7 @@ class Listener:
             server_class=TriageAssociationServer,
             ssl_context=tls,
         )
+        assert isinstance(server, TriageAssociationServer)
         server.loopback_only = not self.config.allowed_calling_aets
         self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it
         self.server = server

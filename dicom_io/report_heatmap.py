@@ -68,7 +68,7 @@ def build_heatmap_capture(source: Dataset, rgb: np.ndarray, *, series_instance_u
     for keyword, value in names.items():
         setattr(capture, keyword, value)
     if not orientation_known:
-        capture.PatientOrientation = None
+        capture.PatientOrientation = None  # type: ignore[assignment]  # Type 2: present and empty = unknown
     # Only images accepted as chest radiographs are scored, so only they have heat maps. Naming the (unpaired) body
     # part is what lets Laterality, Type 2C in General Series, be absent.
     capture.BodyPartExamined = "CHEST"

@@ -94,7 +94,7 @@ def _plots(out: Path, scores: np.ndarray, labels: np.ndarray, metrics: dict[str,
     written.append("roc_curve.png")
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    bins = np.linspace(0, 1, 41)
+    bins = [float(edge) for edge in np.linspace(0, 1, 41)]
     for label, name in enumerate(class_names[:2]):
         ax.hist(scores[labels == label], bins=bins, alpha=0.6, label=f"{name} (n={int(np.sum(labels == label))})")
     ax.axvline(metrics["threshold"], color="r", ls="--", label="threshold")

@@ -43,7 +43,7 @@ class Classifier:
         self.path = loaded.path
         self.device = pick_device(device)
         self.preprocess: PreprocessSpec = loaded.metadata.preprocess_spec
-        self.network = loaded.network.to(self.device, memory_format=torch.channels_last)
+        self.network = loaded.network.to(self.device).to(memory_format=torch.channels_last)
         self.precision = autocast_dtype(self.device, allow_bf16)
         log.info("model %s (sha256 %s…) on %s, %s", self.version, self.sha256[:12], self.device,
                  precision_name(self.precision))

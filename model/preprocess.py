@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,6 +11,12 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    """A per-channel mean or std from a checkpoint's JSON (a list of three numbers)."""
+    first, second, third = (float(v) for v in values)
+    return first, second, third
 
 
 @dataclass(frozen=True)
@@ -29,15 +36,15 @@ class PreprocessSpec:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> PreprocessSpec:
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
         if data.get("resize", "stretch") != "stretch":
             raise ValueError(f"unsupported resize mode {data.get('resize')!r}")
         return cls(
-            size=int(data["size"]),  # type: ignore[arg-type]
+            size=int(data["size"]),
             resize="stretch",
             equalize=bool(data.get("equalize", False)),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[union-attr]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[union-attr]
+            mean=_triple(data["mean"]),
+            std=_triple(data["std"]),
         )
 
 

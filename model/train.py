@@ -140,7 +140,8 @@ class EpochLog:
 
 
 def _param_groups(network: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for param in network.parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)  # no decay on BN weights and biases
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -167,8 +168,8 @@ def load_init_weights(network: torch.nn.Module, path: Path) -> list[str]:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else loaded
     own = network.state_dict()
     usable = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and v.shape == own[k].shape}
     network.load_state_dict(usable, strict=False)
@@ -363,7 +364,7 @@ class TrainingRun:
         if config.init_weights:
             fresh = load_init_weights(network, config.init_weights)
             logger.text(f"initialised from {config.init_weights}; left random: {fresh}")
-        self.network = network.to(self.device, memory_format=torch.channels_last)
+        self.network = network.to(self.device).to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(_param_groups(self.network, config.weight_decay), lr=config.lr,
                                          momentum=config.momentum)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from test_worklist_heatmap import mid_range_checkpoint
 
-from conftest import TEST_CALLING_AETS
 from dicom_io.sender import send_files
 from dicom_io.synthetic import chest_dataset
-from stack import Backend, Stack
-from test_worklist_heatmap import mid_range_checkpoint
 from worklist.presentation import person_name
+
+from conftest import TEST_CALLING_AETS
+from stack import Backend, Stack
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is in the dev extras")
 
@@ -143,7 +144,8 @@ def _wait_for_order(page, uids: list[str], timeout: float = RESULT_TIMEOUT_MS) -
     """Until the page lists exactly these studies, in this order (read from the live DOM)."""
     page.wait_for_function(
         """expected => JSON.stringify(Array.from(document.querySelectorAll(
-             '#worklist-region tbody tr[data-study-uid]')).map(r => r.dataset.studyUid)) === JSON.stringify(expected)""",
+             '#worklist-region tbody tr[data-study-uid]')).map(r => r.dataset.studyUid))
+             === JSON.stringify(expected)""",
         arg=uids, timeout=timeout)
 
 

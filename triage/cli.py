@@ -8,8 +8,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import typer
 import uvicorn
@@ -19,10 +20,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from db import queries
-from triage.runtime import (DropQueryStrings, configure_logging, listener_config, reporting_config, settings_env,
-                            worker_config)
-from triage.supervisor import WorkerSupervisor
+from triage.runtime import (
+    DropQueryStrings,
+    configure_logging,
+    listener_config,
+    reporting_config,
+    settings_env,
+    worker_config,
+)
 from triage.settings import Settings
+from triage.supervisor import WorkerSupervisor
 
 app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (triage support, not a diagnosis).",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -119,7 +126,7 @@ def listen() -> None:
 def worker(
     pool: Annotated[str, typer.Option(help="Celery pool: solo (one per GPU), prefork or threads.")] = "solo",
     concurrency: Annotated[int, typer.Option(help="Processes or threads (solo: 1).")] = 1,
-    queues: Annotated[Optional[str], typer.Option(help="Comma-separated queues (default: triage).")] = None,
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: triage).")] = None,
 ) -> None:
     """A Celery worker that classifies queued instances (fleet form)."""
     from worker.services import run_worker
@@ -160,17 +167,17 @@ def import_files(paths: Annotated[list[Path], typer.Argument(help="DICOM files o
 @app.command("worklist")
 def show_worklist(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    status: Annotated[Optional[str], typer.Option(
+    status: Annotated[str | None, typer.Option(
         help="PENDING, DONE, NOT_ANALYSED (includes FAILED) or FAILED.")] = None,
     flagged: Annotated[bool, typer.Option("--flagged", help="Only flagged studies.")] = False,
     unread: Annotated[bool, typer.Option("--unread", help="Only studies nobody has marked read.")] = False,
-    search: Annotated[Optional[str], typer.Option(help="Words to find in patient name, ID or accession.")] = None,
-    modality: Annotated[Optional[str], typer.Option(help="Only this modality (CR, DX…).")] = None,
-    sex: Annotated[Optional[queries.PatientSex], typer.Option(help="Only this patient sex.")] = None,
-    priority: Annotated[Optional[queries.OrderPriority], typer.Option(help="Only this order priority.")] = None,
-    age_min: Annotated[Optional[int], typer.Option(min=0, help="Patient at least this old (years).")] = None,
-    age_max: Annotated[Optional[int], typer.Option(min=0, help="Patient at most this old (years).")] = None,
-    institution: Annotated[Optional[str], typer.Option(help="Text in the institution name.")] = None,
+    search: Annotated[str | None, typer.Option(help="Words to find in patient name, ID or accession.")] = None,
+    modality: Annotated[str | None, typer.Option(help="Only this modality (CR, DX…).")] = None,
+    sex: Annotated[queries.PatientSex | None, typer.Option(help="Only this patient sex.")] = None,
+    priority: Annotated[queries.OrderPriority | None, typer.Option(help="Only this order priority.")] = None,
+    age_min: Annotated[int | None, typer.Option(min=0, help="Patient at least this old (years).")] = None,
+    age_max: Annotated[int | None, typer.Option(min=0, help="Patient at most this old (years).")] = None,
+    institution: Annotated[str | None, typer.Option(help="Text in the institution name.")] = None,
     sort: Annotated[queries.WorklistSort, typer.Option(
         help="priority: unread flagged (STAT, then newest flag first), unread others (STAT, then arrival), read "
              "last; flagged_score: flagged first by score.")] = queries.WorklistSort.PRIORITY,
@@ -226,8 +233,16 @@ def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezo
                    sort: queries.WorklistSort = queries.WorklistSort.PRIORITY) -> None:
     from zoneinfo import ZoneInfo
 
-    from worklist.presentation import (TRIAGE_NOTICE, UNTRAINED_NOTICE, duration, local_time, person_name,
-                                       reason_text, score, status_text)
+    from worklist.presentation import (
+        TRIAGE_NOTICE,
+        UNTRAINED_NOTICE,
+        duration,
+        local_time,
+        person_name,
+        reason_text,
+        score,
+        status_text,
+    )
 
     if untrained:
         console.print(f"[bold white on red] {UNTRAINED_NOTICE} [/]")
@@ -263,7 +278,7 @@ def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezo
 @app.command()
 def inspect(
     files: Annotated[list[Path], typer.Argument(help="DICOM files to inspect.")],
-    png: Annotated[Optional[Path], typer.Option("--png", help="Write <stem>.display.png and <stem>.input.png here.")
+    png: Annotated[Path | None, typer.Option("--png", help="Write <stem>.display.png and <stem>.input.png here.")
                    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file, one per line.")] = False,
 ) -> None:
@@ -292,7 +307,7 @@ def inspect(
 @app.command()
 def demo(
     once: Annotated[bool, typer.Option("--once", help="Exit after printing the worklist.")] = False,
-    source: Annotated[Optional[Path], typer.Option(help="Folder of DICOM files to send.")] = None,
+    source: Annotated[Path | None, typer.Option(help="Folder of DICOM files to send.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all results.")] = 600.0,
 ) -> None:
     """Start everything, send chest X-rays over DICOM, wait for the results, show the worklist."""
@@ -302,6 +317,7 @@ def demo(
 
 
 from triage import training_cli  # noqa: E402
+
 training_cli.register(app)
 
 

@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from model.folders import DEFAULT_IGNORED, DEFAULT_POSITIVE
 
@@ -100,7 +108,7 @@ def train_command(
         allow_bf16=bf16)
     console.print(f"run folder {run} (epochs.jsonl, train.log; rerun the same command to resume)")
     with _progress() as progress:
-        bars: dict[int, int] = {}
+        bars: dict[int, TaskID] = {}
 
         def show(state: BatchProgress) -> None:
             if state.epoch not in bars:

@@ -198,14 +198,14 @@ def _build(
     obr.obr_24 = "RAD"
     obr.obr_25 = status
 
-    for set_id, (value_type, identifier, value, units, abnormal) in enumerate(_observations(obs), start=1):
+    for set_id, (value_type, identifier, components, units, abnormal) in enumerate(_observations(obs), start=1):
         obx = order.add_group("ORU_R01_OBSERVATION").obx
         obx.obx_1 = str(set_id)
         obx.obx_2 = value_type
         obx.obx_3.ce_1, obx.obx_3.ce_2, obx.obx_3.ce_3 = identifier
         # OBX-5 is of type "varies": hl7apy reads a string there as ER7 and escapes only '|', '~' and '\', so
         # the components are escaped here, one by one, and joined with the component separator.
-        obx.obx_5 = "^".join(_escape(part) for part in value)
+        obx.obx_5 = "^".join(_escape(part) for part in components)
         if units:
             obx.obx_6.ce_1, obx.obx_6.ce_2, obx.obx_6.ce_3 = units
         if abnormal:

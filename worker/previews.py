@@ -115,7 +115,9 @@ class PreviewWriter:
         if captured is not None:
             probability = float(torch.softmax(captured.logits, dim=1)[0, positive])
             if np.isclose(probability, score, rtol=1e-4, atol=0.0):
-                fc = self.classifier.network.fc.weight  # type: ignore[union-attr]
+                head = self.classifier.network.fc
+                assert isinstance(head, torch.nn.Linear)  # torchvision's ResNet50 classifier head
+                fc = head.weight
                 return cam_from_activations(captured.activations[:1], fc, positive)[0]
         maps, _ = grad_cam(self.classifier.network, batch[:1].to(self.classifier.device), positive)
         return maps[0]

@@ -15,7 +15,7 @@ class PipelineTask(Task):
 
     _pipeline: Pipeline | None = None
 
-    @property  # type: ignore[override]
+    @property
     def max_retries(self) -> int:
         """Retries while the database is away (TRIAGE_TASK_MAX_RETRIES), read from the worker's configuration."""
         return int(self.app.conf.triage.max_retries)

@@ -7,8 +7,9 @@ Routes (``/docs`` shows the API): the page ``/``, ``/studies/{uid}``, ``/model``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Iterator
+from collections.abc import Iterator
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import Path, Request

@@ -8,13 +8,18 @@ is processed again, a new result replaces the old one) and is a gauge, or a gaug
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily,
-                                    InfoMetricFamily, Metric)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,7 +29,7 @@ from db import heartbeats, operations, queries, reports
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS_S = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600]
+LATENCY_BUCKETS_S = [1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]
 SCORE_BUCKETS = [0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0]
 PREFIX = "cxr_triage"
 # DIMSE failure statuses the listener answers with a rejection record (dicom_io.listener; worklist may not import it).
@@ -40,7 +45,8 @@ def package_version() -> str:
 
 
 def _buckets(histogram: queries.HistogramCounts) -> list[tuple[str, float]]:
-    return [(repr(float(bound)), count) for bound, count in histogram.buckets] + [("+Inf", histogram.count)]
+    return [(repr(float(bound)), float(count)) for bound, count in histogram.buckets] + [
+        ("+Inf", float(histogram.count))]
 
 
 @dataclass(frozen=True)

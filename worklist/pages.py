@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import date, timedelta, timezone, tzinfo
+from datetime import UTC, date, timedelta, tzinfo
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -69,7 +69,7 @@ class PageQuery:
     problems: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, params: dict[str, str], zone: tzinfo = timezone.utc) -> "PageQuery":
+    def parse(cls, params: dict[str, str], zone: tzinfo = UTC) -> PageQuery:
         query = cls(filters={"zone": zone})
         get = lambda key: _CONTROL.sub("", params.get(key, "")).strip()[:200]  # noqa: E731
         flag, status, read = get("flag"), get("status").upper(), get("read")

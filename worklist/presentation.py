@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -150,14 +150,14 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def local_time(value: datetime | str | None, zone: tzinfo = timezone.utc) -> str:
+def local_time(value: datetime | str | None, zone: tzinfo = UTC) -> str:
     """A stored (UTC) time as the site's wall clock reads it; naive values are UTC."""
     if value is None:
         return "—"
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -167,10 +167,10 @@ def iso(value: datetime | str | None) -> str:
     if isinstance(value, str):
         return value
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat()
 
 
-def jinja_filters(zone: tzinfo = timezone.utc) -> dict[str, Any]:
+def jinja_filters(zone: tzinfo = UTC) -> dict[str, Any]:
     return {"score": score, "duration": duration, "local": partial(local_time, zone=zone), "iso": iso,
             "reason_text": reason_text, "person": person_name, "waiting": waiting}
