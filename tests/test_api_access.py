@@ -264,7 +264,7 @@ def test_settings_and_cli_refuse_an_unknown_time_zone() -> None:
     from pydantic import ValidationError
     from typer.testing import CliRunner
 
-    from triage.cli import app
+    from triage.main import app
     from triage.settings import Settings
 
     with pytest.raises(ValidationError, match="unknown time zone 'Mars/Olympus'"):

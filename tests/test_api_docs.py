@@ -120,8 +120,8 @@ def test_docs_stay_behind_the_sign_in_and_name_no_other_host(client: TestClient)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`cxr-triage web` as the composition root builds it, on a free port, in this process."""
-    from triage.cli import web_server
     from triage.settings import Settings
+    from triage.web_server import web_server
 
     from peers import free_port, wait_for_port
 

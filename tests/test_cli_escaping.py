@@ -27,12 +27,11 @@ def _column(table_text: str, name: str) -> str:
     return "".join(row[index].strip() for row in rows)
 
 
-def test_worklist_table_prints_markup_in_header_text_literally(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from triage import cli
+def test_worklist_table_prints_markup_in_header_text_literally() -> None:
+    from worklist.table import print_worklist
 
     recorder = Console(record=True, width=400, force_terminal=True)
-    monkeypatch.setattr(cli, "console", recorder)
-    cli.print_worklist([_entry("[/]X^EVIL"), _entry("[link=https://attacker.example]SMITH[/link]")], False)
+    print_worklist(recorder, [_entry("[/]X^EVIL"), _entry("[link=https://attacker.example]SMITH[/link]")], False)
     text = recorder.export_text()
     assert "[/]X, EVIL" in text and "[bold]ID[/bold]" in text and "[/]A1" in text and "m[/]1" in text
     assert "[link=" in text and "SMITH[/link]" in _column(text, "patient")

@@ -230,13 +230,13 @@ def _pyproject() -> dict[str, Any]:
 def test_service_commands_are_cli_commands_with_known_options(app_services):
     import typer.main
 
-    from triage.cli import app  # imported here so the other tests run while cli.py is being written
+    from triage.main import app  # imported here so the other tests run while cli.py is being written
 
-    assert isinstance(app, typer.Typer), f"triage.cli.app is {type(app).__name__}, not a typer.Typer"
+    assert isinstance(app, typer.Typer), f"triage.main.app is {type(app).__name__}, not a typer.Typer"
     group = typer.main.get_command(app)
     # Typer may bring its own copy of click: duck-type instead of isinstance(click.Group).
     known = getattr(group, "commands", None)
-    assert isinstance(known, dict) and known, "triage.cli.app should be a group of several commands"
+    assert isinstance(known, dict) and known, "triage.main.app should be a group of several commands"
 
     for name, service in app_services.items():
         entrypoint = service.get("entrypoint")
@@ -480,7 +480,7 @@ def test_dockerfile_entrypoint_is_the_console_script():
     entrypoint = json.loads(entrypoints[-1])  # exec form only: signals must reach the process
     assert isinstance(entrypoint, list) and len(entrypoint) == 1, f"ENTRYPOINT {entrypoint!r}"
     assert entrypoint[0] in scripts, f"ENTRYPOINT {entrypoint[0]!r} is not in [project.scripts] {sorted(scripts)}"
-    assert scripts[entrypoint[0]] == "triage.cli:app"
+    assert scripts[entrypoint[0]] == "triage.main:app"
 
 
 def test_dockerfile_runs_unprivileged_without_dev_extras():

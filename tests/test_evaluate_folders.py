@@ -58,7 +58,7 @@ def test_an_unmapped_folder_stops_the_run_naming_it(tmp_path: Path, small_model:
     _pngs(tmp_path / "data" / "TUBERCULOSIS", 2, 3)
     with pytest.raises(UnmappedFolderError, match="TUBERCULOSIS"):
         evaluate(tmp_path / "data", small_model, tmp_path / "out", n_boot=10)
-    from triage.cli import app
+    from triage.main import app
 
     result = CliRunner().invoke(app, ["evaluate", "--data", str(tmp_path / "data"), "--model", str(small_model),
                                       "--out", str(tmp_path / "cli"), "--bootstrap", "10"])

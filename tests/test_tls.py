@@ -121,8 +121,8 @@ def test_the_web_server_speaks_https_with_a_certificate(tmp_path: Path, monkeypa
 
     import httpx
 
-    from triage.cli import web_server
     from triage.settings import Settings
+    from triage.web_server import web_server
 
     from peers import wait_for_port
 

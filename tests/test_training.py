@@ -278,7 +278,7 @@ def test_evaluate_scores_files_through_the_serving_path(tiny_run: dict, tmp_path
 def test_cli_model_info_and_evaluate(tiny_run: dict, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from triage.cli import app
+    from triage.main import app
 
     runner = CliRunner()
     info = runner.invoke(app, ["model", "info", str(tiny_run["config"].output), "--json"])
@@ -300,7 +300,7 @@ def test_cli_train_shows_progress_and_writes_the_checkpoint(tiny_run: dict, tmp_
     from typer.testing import CliRunner
 
     from model.checkpoint import read_metadata
-    from triage.cli import app
+    from triage.main import app
 
     run = tmp_path / "run"
     result = CliRunner().invoke(app, [

@@ -500,11 +500,11 @@ def test_api_items_carry_the_context_and_filter_on_it(sessions: sessionmaker[Ses
         client.app.state.engine.dispose()  # type: ignore[attr-defined]
 
 
-def test_the_cli_shows_names_as_people_read_them_and_the_context(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cli_shows_names_as_people_read_them_and_the_context() -> None:
     from rich.console import Console
 
-    from triage import cli
     from worklist.presentation import person_name
+    from worklist.table import print_worklist
 
     assert person_name("SMITH^MARIA") == "SMITH, MARIA"
     assert person_name("SMITH^MARIA^ANN^DR^JR") == "SMITH, DR MARIA ANN JR"
@@ -520,8 +520,7 @@ def test_the_cli_shows_names_as_people_read_them_and_the_context(monkeypatch: py
         patient_age_years=4, patient_sex="F", modality="CR", priority="STAT", borderline=True,
         outside_validated_population=True)
     recorder = Console(record=True, width=400)
-    monkeypatch.setattr(cli, "console", recorder)
-    cli.print_worklist([entry], False)
+    print_worklist(recorder, [entry], False)
     printed = recorder.export_text()
     assert _column(printed, "patient") == "SMITH, MARIA (P1)"
     assert _column(printed, "context") == "4 y F, STAT, CR; outside validated population"

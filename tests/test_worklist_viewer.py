@@ -55,7 +55,7 @@ def test_a_viewer_template_that_is_not_an_http_url_with_known_placeholders_is_re
 
 def test_the_setting_is_read_from_the_environment_and_reaches_the_web_server(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from triage.cli import web_server
+    from triage.web_server import web_server
 
     monkeypatch.setenv("TRIAGE_VIEWER_URL", f" {TEMPLATE} ")
     settings = Settings(data_dir=tmp_path / "var")

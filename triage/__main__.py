@@ -1,3 +1,3 @@
-from triage.cli import app
+from triage.main import app
 
 app(prog_name="cxr-triage")

@@ -2,91 +2,19 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import logging
-import signal
-import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
-from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from db import queries
-from triage.runtime import (
-    DropQueryStrings,
-    configure_logging,
-    listener_config,
-    reporting_config,
-    settings_env,
-    worker_config,
-)
-from triage.settings import Settings
+from triage.console import app, command_settings, console, wait_for_stop
+from triage.runtime import listener_config, reporting_config, settings_env, worker_config
 from triage.supervisor import WorkerSupervisor
-
-app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (triage support, not a diagnosis).",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
-console = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable in logs
-
-
-def load_settings() -> Settings:
-    """Settings from the environment and .env; a bad value ends the command naming its variable, not a traceback."""
-    try:
-        return Settings()
-    except ValidationError as error:
-        for problem in error.errors():
-            name = "TRIAGE_" + "_".join(str(part) for part in problem["loc"]).upper()
-            console.print(f"[red]{name}: {problem['msg']}[/red]")
-        raise typer.Exit(2) from None
-
-
-def _settings() -> Settings:
-    settings = load_settings()
-    configure_logging(settings.log_level)
-    settings.ensure_dirs()
-    return settings
-
-
-def _wait_for_stop() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-
-
-def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = None) -> uvicorn.Server:
-    """The worklist server; refuses to leave loopback without an API token (the page shows patient data)."""
-    from dicom_io.spool import disk_used_percent
-    from triage.broker_check import broker_check
-    from worklist.app import create_app
-
-    if not (settings.api_token or settings.api_tokens) and not _is_loopback(settings.web_host):
-        console.print(f"[red]TRIAGE_WEB_HOST={settings.web_host} is not loopback: set TRIAGE_API_TOKEN first[/red]")
-        raise typer.Exit(2)
-    app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
-                      api_tokens=settings.api_tokens, timezone=settings.timezone,
-                      spool_disk_used=lambda: disk_used_percent(settings.spool_dir),
-                      disk_watermark_percent=settings.disk_watermark_percent, worker_restarts=worker_restarts,
-                      broker_ok=broker_check(worker_config(settings)),
-                      borderline_band=settings.borderline_band, viewer_url_template=settings.viewer_url)
-    config = uvicorn.Config(app_, host=settings.web_host, port=settings.web_port, log_level=settings.log_level.lower(),
-                            ssl_certfile=settings.web_tls_cert, ssl_keyfile=settings.web_tls_key)
-    logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers
-    return uvicorn.Server(config)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+from triage.web_server import web_server
+from worklist.table import print_worklist
 
 
 @app.command()
@@ -94,7 +22,7 @@ def serve() -> None:
     """Listener, worker and web page together (the single-machine form)."""
     from worker.services import IngestService
 
-    settings = _settings()
+    settings = command_settings()
     ingest = IngestService(worker_config(settings), listener_config(settings), reporting_config(settings))
     ingest.start()
     worker = WorkerSupervisor(settings_env(settings))
@@ -113,11 +41,11 @@ def listen() -> None:
     """The DICOM listener and the outbox sweeper (fleet form)."""
     from worker.services import IngestService
 
-    settings = _settings()
+    settings = command_settings()
     ingest = IngestService(worker_config(settings), listener_config(settings), reporting_config(settings))
     ingest.start()
     try:
-        _wait_for_stop()
+        wait_for_stop()
     finally:
         ingest.stop()
 
@@ -131,7 +59,7 @@ def worker(
     """A Celery worker that classifies queued instances (fleet form)."""
     from worker.services import run_worker
 
-    settings = _settings()
+    settings = command_settings()
     run_worker(worker_config(settings), pool=pool, concurrency=concurrency, loglevel=settings.log_level,
                queues=queues)
 
@@ -139,7 +67,7 @@ def worker(
 @app.command()
 def web() -> None:
     """The worklist web page and REST API (fleet form)."""
-    settings = _settings()
+    settings = command_settings()
     web_server(settings).run()
 
 
@@ -149,7 +77,7 @@ def import_files(paths: Annotated[list[Path], typer.Argument(help="DICOM files o
     """Backfill DICOM files from disk through the same commit point as a C-STORE."""
     from worker.services import IngestService
 
-    settings = _settings()
+    settings = command_settings()
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()))]
     if not files:
         console.print("[red]no files found[/red]")
@@ -189,7 +117,7 @@ def show_worklist(
     if status is not None and status.upper() not in queries.WorklistStatus.__members__:
         raise typer.BadParameter(f"{status!r} is not one of {', '.join(queries.WorklistStatus.__members__)}",
                                  param_hint="--status")
-    settings = _settings()
+    settings = command_settings()
     filters = queries.WorklistFilter(
         status=status, flagged=True if flagged else None, read=False if unread else None, text=search,
         modality=modality, sex=sex.value if sex else None, priority=priority.value if priority else None,
@@ -203,76 +131,7 @@ def show_worklist(
     if as_json:
         print(json.dumps([entry.to_dict() for entry in entries], indent=2))
         return
-    print_worklist(entries, untrained, settings.timezone, sort)
-
-
-SORT_TITLES = {
-    queries.WorklistSort.PRIORITY: "unread flagged first (STAT, then newest flag), then unread others (STAT, then "
-                                   "arrival order); read studies last",
-    queries.WorklistSort.FLAGGED_SCORE: "flagged first by score, then arrival order; read studies last in each group",
-}
-
-
-def _flag_cell(entry: queries.WorklistEntry) -> str:
-    if entry.flag:
-        return "[bold white on red]FLAGGED[/]"
-    if entry.score is None:
-        return "—"
-    return "not flagged (borderline)" if entry.borderline else "not flagged"
-
-
-def _context_cell(entry: queries.WorklistEntry) -> str:
-    """Age/sex, priority, modality: "67 y F, STAT, CR"; "outside validated population" when the model says so."""
-    age = f"{entry.patient_age_years} y" if entry.patient_age_years is not None else "age ?"
-    parts = [f"{age} {entry.patient_sex or '?'}", entry.priority or "", entry.modality or ""]
-    text = ", ".join(part for part in parts if part)
-    return text + ("; outside validated population" if entry.outside_validated_population else "")
-
-
-def print_worklist(entries: list[queries.WorklistEntry], untrained: bool, timezone: str = "UTC",
-                   sort: queries.WorklistSort = queries.WorklistSort.PRIORITY) -> None:
-    from zoneinfo import ZoneInfo
-
-    from worklist.presentation import (
-        TRIAGE_NOTICE,
-        UNTRAINED_NOTICE,
-        duration,
-        local_time,
-        person_name,
-        reason_text,
-        score,
-        status_text,
-    )
-
-    if untrained:
-        console.print(f"[bold white on red] {UNTRAINED_NOTICE} [/]")
-    table = Table(title=f"Worklist ({SORT_TITLES.get(sort, 'sorted by ' + sort.value)})", caption=TRIAGE_NOTICE)
-    received = f"received ({timezone})"
-    keep_whole = {"flag", "score", "images", received, "to flag", "model"}
-    for column in ("flag", "score", "status", "patient", "context", "accession", "description", "images", received,
-                   "to flag", "model", "read"):
-        table.add_column(column, no_wrap=column in keep_whole, overflow="fold",
-                         max_width=None if column in keep_whole else 28)
-    for e in entries:
-        status = status_text(e.state, e.reason)
-        if reason_text(e.reason):
-            status += f" ({reason_text(e.reason)})"
-        # Every value that came from a file or a user is escaped: header text such as "[/]" is not rich markup.
-        table.add_row(
-            _flag_cell(e),
-            score(e.score),
-            escape(status),
-            escape(f"{person_name(e.patient_name)} ({e.patient_id})"),
-            escape(_context_cell(e)),
-            escape(e.accession_number or ""),
-            escape(e.study_description or ""),
-            str(e.images),
-            local_time(e.received_at, ZoneInfo(timezone)),
-            duration(e.time_to_flag_s),
-            escape((e.model_version or "") + (" (untrained)" if e.model_trained is False else "")),
-            escape(f"read by {e.read_by}") if e.read else "unread",
-        )
-    console.print(table)
+    print_worklist(console, entries, untrained, settings.timezone, sort)
 
 
 @app.command()
@@ -287,7 +146,7 @@ def inspect(
     from triage.inspect import inspect_file
     from worker.pipeline import checkpoint_path
 
-    spec = read_metadata(checkpoint_path(worker_config(_settings()))).preprocess_spec
+    spec = read_metadata(checkpoint_path(worker_config(command_settings()))).preprocess_spec
     for path in files:
         result = inspect_file(path, spec, png)
         if as_json:
@@ -313,13 +172,4 @@ def demo(
     """Start everything, send chest X-rays over DICOM, wait for the results, show the worklist."""
     from triage.demo import run_demo
 
-    raise typer.Exit(run_demo(_settings(), once=once, source=source, timeout=timeout))
-
-
-from triage import training_cli  # noqa: E402
-
-training_cli.register(app)
-
-
-if __name__ == "__main__":
-    app()
+    raise typer.Exit(run_demo(command_settings(), once=once, source=source, timeout=timeout))

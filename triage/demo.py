@@ -16,11 +16,13 @@ from db.models import Instance, InstanceStatus
 from dicom_io.files import read_dataset
 from dicom_io.sender import send_files
 from dicom_io.synthetic import write_samples
-from triage.cli import console, print_worklist, web_server
+from triage.console import console
 from triage.runtime import listener_client_tls, listener_config, settings_env, worker_config
 from triage.settings import Settings
 from triage.supervisor import WorkerSupervisor
+from triage.web_server import web_server
 from worker.services import IngestService
+from worklist.table import print_worklist
 
 SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 
@@ -88,7 +90,7 @@ def run_demo(settings: Settings, *, once: bool, source: Path | None, timeout: fl
             return 1
         console.print(f"all {len(sop_uids)} instance(s) classified in {time.monotonic() - started:.1f} s")
         with ingest.sessions() as session:
-            print_worklist(queries.worklist(session, borderline_band=settings.borderline_band),
+            print_worklist(console, queries.worklist(session, borderline_band=settings.borderline_band),
                            queries.untrained_models_in_use(session), settings.timezone)
         if once:
             return 0 if not refused else 1

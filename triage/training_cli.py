@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,8 +19,7 @@ from rich.progress import (
 )
 
 from model.folders import DEFAULT_IGNORED, DEFAULT_POSITIVE
-
-console = Console()
+from triage.console import app, console, load_settings
 
 
 def _progress() -> Progress:
@@ -39,7 +37,6 @@ def _split_folders(values: list[str]) -> tuple[str, ...]:
 
 def _default_model() -> Path:
     """The checkpoint the workers would load (TRIAGE_MODEL, else the shipped one)."""
-    from triage.cli import load_settings
     from triage.runtime import worker_config
     from worker.pipeline import checkpoint_path
 
@@ -148,7 +145,6 @@ def evaluate_command(
     from model.evaluate import evaluate
     from model.folders import UnmappedFolderError
     from model.metrics import format_sources, format_table
-    from triage.cli import load_settings
 
     checkpoint = model or _default_model()
     if threshold is None:
@@ -264,9 +260,7 @@ def model_info(
                                    "training_data": metadata.training_data}))
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``train``, ``evaluate`` and the ``model`` group to the cxr-triage app."""
-    app.command("train")(train_command)
-    app.command("evaluate")(evaluate_command)
-    app.command("validation-report")(validation_report_command)
-    app.add_typer(model_app, name="model")
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("validation-report")(validation_report_command)
+app.add_typer(model_app, name="model")
