@@ -25,10 +25,10 @@ from sqlalchemy import select
 from db.models import Instance, Study, StudyStatus
 from dicom_io.sender import send_files
 from dicom_io.synthetic import chest_dataset
-from triage.runtime import listener_config, settings_env, worker_config
 from triage.settings import Settings
 from triage.supervisor import WorkerSupervisor
-from worker.services import IngestService
+from triage.wiring import listener_config, settings_env, worker_config
+from worker.ingest_service import IngestService
 
 
 def free_port() -> int:

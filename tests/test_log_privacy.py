@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 
 from dicom_io.synthetic import chest_dataset
-from triage.runtime import DropQueryStrings, configure_logging
+from triage.wiring import DropQueryStrings, configure_logging
 
 
 def test_access_log_lines_keep_the_path_and_drop_the_search_terms() -> None:

@@ -29,8 +29,8 @@ from dicom_io.header import (
     read_header,
 )
 from dicom_io.synthetic import chest_dataset
-from triage.runtime import listener_config, settings_env, worker_config
 from triage.settings import Settings
+from triage.wiring import listener_config, settings_env, worker_config
 from worklist.app import create_app
 
 from conftest import real_dicom_files
@@ -108,7 +108,7 @@ def _settings(tmp_path: Path, database_url: str, **values: Any) -> Settings:
 
 
 def _ingest(tmp_path: Path, database_url: str, **values: Any) -> Any:
-    from worker.services import IngestService
+    from worker.ingest_service import IngestService
 
     return IngestService(worker_config(_settings(tmp_path, database_url, **values)))
 
@@ -246,7 +246,7 @@ def test_priority_rule_setting_is_parsed_checked_and_handed_on(tmp_path: Path) -
 def test_the_senders_rule_applies_only_where_the_file_has_no_priority(tmp_path: Path, database_url: str) -> None:
     """C-STOREs from the ER's CR room are STAT, as the site configured, unless the order says otherwise."""
     from dicom_io.sender import send_files
-    from worker.services import IngestService
+    from worker.ingest_service import IngestService
 
     settings = _settings(tmp_path, database_url, dicom_port=free_port(), allowed_calling_aets="ER_CR,WARD_DX",
                          priority_by_calling_aet="ER_CR=STAT,IMPORT=LOW")

@@ -11,16 +11,16 @@ from rich.markup import escape
 
 from db import queries
 from triage.console import app, command_settings, console, wait_for_stop
-from triage.runtime import listener_config, reporting_config, settings_env, worker_config
 from triage.supervisor import WorkerSupervisor
 from triage.web_server import web_server
+from triage.wiring import listener_config, reporting_config, settings_env, worker_config
 from worklist.table import print_worklist
 
 
 @app.command()
 def serve() -> None:
     """Listener, worker and web page together (the single-machine form)."""
-    from worker.services import IngestService
+    from worker.ingest_service import IngestService
 
     settings = command_settings()
     ingest = IngestService(worker_config(settings), listener_config(settings), reporting_config(settings))
@@ -39,7 +39,7 @@ def serve() -> None:
 @app.command()
 def listen() -> None:
     """The DICOM listener and the outbox sweeper (fleet form)."""
-    from worker.services import IngestService
+    from worker.ingest_service import IngestService
 
     settings = command_settings()
     ingest = IngestService(worker_config(settings), listener_config(settings), reporting_config(settings))
@@ -57,7 +57,7 @@ def worker(
     queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: triage).")] = None,
 ) -> None:
     """A Celery worker that classifies queued instances (fleet form)."""
-    from worker.services import run_worker
+    from worker.celery_worker import run_worker
 
     settings = command_settings()
     run_worker(worker_config(settings), pool=pool, concurrency=concurrency, loglevel=settings.log_level,
@@ -75,7 +75,7 @@ def web() -> None:
 def import_files(paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")]
                  ) -> None:
     """Backfill DICOM files from disk through the same commit point as a C-STORE."""
-    from worker.services import IngestService
+    from worker.ingest_service import IngestService
 
     settings = command_settings()
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()))]

@@ -14,8 +14,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from triage.runtime import configure_logging
 from triage.settings import Settings
+from triage.wiring import configure_logging
 
 app = typer.Typer(help="cxr-triage: reads every incoming chest X-ray first (triage support, not a diagnosis).",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)

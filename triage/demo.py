@@ -17,11 +17,11 @@ from dicom_io.files import read_dataset
 from dicom_io.sender import send_files
 from dicom_io.synthetic import write_samples
 from triage.console import console
-from triage.runtime import listener_client_tls, listener_config, settings_env, worker_config
 from triage.settings import Settings
 from triage.supervisor import WorkerSupervisor
 from triage.web_server import web_server
-from worker.services import IngestService
+from triage.wiring import listener_client_tls, listener_config, settings_env, worker_config
+from worker.ingest_service import IngestService
 from worklist.table import print_worklist
 
 SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"

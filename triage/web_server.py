@@ -11,8 +11,8 @@ import typer
 import uvicorn
 
 from triage.console import console
-from triage.runtime import DropQueryStrings, worker_config
 from triage.settings import Settings
+from triage.wiring import DropQueryStrings, worker_config
 
 
 def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = None) -> uvicorn.Server:

@@ -1,4 +1,5 @@
-"""Settings → the configuration objects of the parts (the only place that knows both sides)."""
+"""Wiring: settings → the configuration objects of the parts (the only place that knows both sides), the settings
+as a child process's environment, and process-wide logging."""
 
 from __future__ import annotations
 
