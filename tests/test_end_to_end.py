@@ -258,7 +258,9 @@ def test_every_encoding_is_accepted_and_stored_as_received(stack: Stack, tmp_pat
     study = stack.wait_for_study(study_uid)
     assert len(study["instances"]) == len(files)
     assert all(i["status"] == "DONE" for i in study["instances"]), study["instances"]
-    stored = {row[0]: row[1] for row in stack.sql("SELECT transfer_syntax_uid, spool_path FROM instances")}
+    stored = {row[0]: row[1] for row in stack.sql(
+        "SELECT i.transfer_syntax_uid, i.spool_path FROM instances i JOIN studies s ON s.id = i.study_id "
+        "WHERE s.study_instance_uid = :uid", uid=study_uid)}  # this test's images, not the module's others
     for path in files:
         syntax = path.stem
         original = dcmread(path)

@@ -49,9 +49,9 @@ def print_worklist(console: Console, entries: list[queries.WorklistEntry], untra
         console.print(f"[bold white on red] {UNTRAINED_NOTICE} [/]")
     table = Table(title=f"Worklist ({SORT_TITLES.get(sort, 'sorted by ' + sort.value)})", caption=TRIAGE_NOTICE)
     received = f"received ({timezone})"
-    keep_whole = {"flag", "score", "images", received, "to flag", "model"}
+    keep_whole = {"flag", "score", "images", received, "to result", "model"}
     for column in ("flag", "score", "status", "patient", "context", "accession", "description", "images", received,
-                   "to flag", "model", "read"):
+                   "to result", "model", "read"):
         table.add_column(column, no_wrap=column in keep_whole, overflow="fold",
                          max_width=None if column in keep_whole else 28)
     for e in entries:
