@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
 
 import typer
 import uvicorn
@@ -13,6 +15,11 @@ import uvicorn
 from triage.console import console
 from triage.settings import Settings
 from triage.wiring import DropQueryStrings, worker_config
+
+
+def model_card_path() -> Path:
+    """The model card ships inside the model package (read as package data, without importing torch)."""
+    return Path(str(resources.files("model") / "MODEL_CARD.md"))
 
 
 def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = None) -> uvicorn.Server:
@@ -24,7 +31,7 @@ def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = N
     if not (settings.api_token or settings.api_tokens) and not _is_loopback(settings.web_host):
         console.print(f"[red]TRIAGE_WEB_HOST={settings.web_host} is not loopback: set TRIAGE_API_TOKEN first[/red]")
         raise typer.Exit(2)
-    app_ = create_app(settings.effective_database_url, api_token=settings.api_token,
+    app_ = create_app(settings.effective_database_url, api_token=settings.api_token, model_card=model_card_path(),
                       api_tokens=settings.api_tokens, timezone=settings.timezone,
                       spool_disk_used=lambda: disk_used_percent(settings.spool_dir),
                       disk_watermark_percent=settings.disk_watermark_percent, worker_restarts=worker_restarts,

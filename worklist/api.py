@@ -12,13 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
-from db import queries, reports
+from db import queries
 from worklist import schemas
 from worklist.auth import identity
-from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session, image_url
+from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session
 from worklist.openapi import FORBIDDEN, errors, problem
-from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, viewer_url
 from worklist.problems import Problem
+from worklist.views import notices, study_body, with_viewer_url
 
 router = APIRouter(prefix="/api")  # each route names its tag (worklist, studies, images, model)
 NO_STUDY = (404, problem("No such study"))
@@ -92,19 +92,6 @@ def refuse_unknown_parameters(request: Request) -> None:
 WORKLIST_PARAMETERS = frozenset(inspect.signature(WorklistQuery.__init__).parameters) - {"self", "request"}
 
 
-def notices(db: Session) -> dict[str, Any]:
-    """What every API answer says about itself: triage support only, and whether the model in use is untrained."""
-    untrained = queries.untrained_models_in_use(db)
-    return {"notice": TRIAGE_NOTICE, "untrained_model": untrained,
-            "model_warning": UNTRAINED_NOTICE if untrained else None}
-
-
-def with_viewer_url(item: dict[str, Any], template: str) -> dict[str, Any]:
-    """``item`` (a worklist entry or study as a dict) with its ``viewer_url`` (None without TRIAGE_VIEWER_URL)."""
-    item["viewer_url"] = viewer_url(template, item["study_uid"], item.get("accession_number"), item.get("patient_id"))
-    return item
-
-
 def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
     entries = queries.worklist(db, **params.filters, sort=params.sort, limit=params.limit, offset=params.offset,
                                borderline_band=params.borderline_band)
@@ -146,22 +133,6 @@ def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, 
     if version is None:
         raise Problem(404, "study not found")
     return {"version": version}
-
-
-def study_body(db: Session, study_uid: str, prefix: str,
-               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND, viewer_url_template: str = ""
-               ) -> dict[str, Any]:
-    detail = queries.study_detail(db, study_uid, borderline_band=borderline_band)
-    if detail is None:
-        raise Problem(404, "study not found")
-    with_viewer_url(detail, viewer_url_template)
-    detail.update(notices(db))
-    detail["reports"] = reports.study_reports(db, study_uid)
-    for instance in detail["instances"]:
-        sop = instance["sop_instance_uid"]
-        instance["preview_url"] = image_url(prefix, study_uid, sop, "preview") if instance["has_preview"] else None
-        instance["heatmap_url"] = image_url(prefix, study_uid, sop, "heatmap") if instance["has_heatmap"] else None
-    return detail
 
 
 @router.get("/studies/{study_uid}", response_model=schemas.StudyDetail, responses=NOT_FOUND,
@@ -241,8 +212,14 @@ def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
             summary="The models that produced results, with their training metadata and thresholds")
 def api_models(request: Request, _who: Identity, db: Db) -> dict[str, Any]:
     return {**notices(db),
-            "model_card_available": request.app.state.model_card_path.is_file(),
+            "model_card_available": _model_card(request) is not None,
             "models": queries.model_versions(db)}
+
+
+def _model_card(request: Request) -> FilePath | None:
+    """The model card the composition root handed in, when it exists."""
+    path: FilePath | None = request.app.state.model_card_path
+    return path if path is not None and path.is_file() else None
 
 
 @router.get("/model-card", response_class=PlainTextResponse, tags=["model"], operation_id="getModelCard",
@@ -251,7 +228,7 @@ def api_models(request: Request, _who: Identity, db: Db) -> dict[str, Any]:
                        **errors((404, problem("No model card has shipped with this installation")), invalid=False)},
             summary="The model card (Markdown), when one has shipped")
 def api_model_card(request: Request, _who: Identity) -> PlainTextResponse:
-    path: FilePath = request.app.state.model_card_path
-    if not path.is_file():
+    path = _model_card(request)
+    if path is None:
         raise Problem(404, "no model card has shipped with this installation yet")
     return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="text/markdown; charset=utf-8")

@@ -24,7 +24,6 @@ from worklist.auth import Tokens, parse_tokens
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, check_viewer_template, jinja_filters
 
 HERE = Path(__file__).parent
-MODEL_CARD = HERE.parent / "model" / "MODEL_CARD.md"  # ships in the model package when there is one
 # Pages may load only what this server serves; nothing may frame them (the read/unread buttons).
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -81,7 +80,7 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.zone = zone
     app.state.borderline_band = borderline_band  # TRIAGE_BORDERLINE_BAND: how far below the threshold is borderline
     app.state.viewer_url_template = check_viewer_template(viewer_url_template)  # TRIAGE_VIEWER_URL
-    app.state.model_card_path = Path(model_card) if model_card is not None else MODEL_CARD
+    app.state.model_card_path = Path(model_card) if model_card is not None else None  # from the composition root
     app.state.probes = operations.Probes(spool_disk_used=spool_disk_used, disk_watermark_percent=disk_watermark_percent,
                                          broker_ok=broker_ok, worker_restarts=worker_restarts)
     app.state.metrics_registry = metrics.make_registry(sessions, spool_disk_used, disk_watermark_percent, broker_ok)

@@ -21,11 +21,11 @@ from sqlalchemy.orm import Session
 
 from db import queries, web_sessions
 from db.models import utcnow
-from worklist.api import study_body
 from worklist.auth import COOKIE_MAX_AGE_S, COOKIE_NAME, Tokens, identity
 from worklist.deps import StudyUid, audit, db_session
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, age_sex, age_sex_words, status_text, viewer_url
 from worklist.problems import Problem
+from worklist.views import study_body
 
 router = APIRouter(include_in_schema=False)
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ async def study_read_form(request: Request, study_uid: StudyUid, who: str = Depe
 @router.get("/model", response_class=HTMLResponse)
 def model_page(request: Request, who: str = Depends(identity), db: Session = Depends(db_session)) -> HTMLResponse:
     path = request.app.state.model_card_path
-    card = path.read_text(encoding="utf-8") if path.is_file() else None
+    card = path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
     context = _common(request, db, who) | {"models": queries.model_versions(db), "card": card}
     return _html(request, "model.html", context)
 
