@@ -536,8 +536,14 @@ class _Judgement:
         return self.populations.get(model_sha256, {}) if model_sha256 else self.default_population
 
 
+def newest_model(session: Session) -> ModelVersion | None:
+    """The model registered last: the one the workers run now (a study nothing scored yet is judged by it)."""
+    return session.scalars(select(ModelVersion).order_by(ModelVersion.registered_at.desc()).limit(1)).first()
+
+
 def _judgement(session: Session, model_shas: set[str | None], band: float, now: datetime | None) -> _Judgement:
-    newest = session.scalars(select(ModelVersion.sha256).order_by(ModelVersion.registered_at.desc()).limit(1)).first()
+    latest = newest_model(session)
+    newest = latest.sha256 if latest is not None else None
     wanted = {sha for sha in model_shas if sha} | ({newest} if newest else set())
     populations: dict[str, dict[str, Any]] = {}
     if wanted:
@@ -798,7 +804,7 @@ def audit_events(session: Session, *, study_uid: str | None = None, limit: int =
 
 def untrained_models_in_use(session: Session) -> bool:
     """True when any result on the worklist, or the newest registered model, is untrained."""
-    newest = session.scalars(select(ModelVersion).order_by(ModelVersion.registered_at.desc())).first()
+    newest = newest_model(session)
     if newest is not None and not newest.trained:
         return True
     used = select(Study.id).join(ModelVersion, ModelVersion.sha256 == Study.model_sha256).where(

@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Delivery, DeliveryStatus, Instance, ModelVersion, Study, StudyReport, StudyStatus, as_utc, utcnow
+from db.models import Delivery, DeliveryStatus, Instance, Study, StudyReport, StudyStatus, as_utc, utcnow
+from db.queries import newest_model
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,8 @@ def snapshot(session: Session, study_id: int) -> ResultSnapshot | None:
                                 i.score, i.reason, i.spool_path, i.heatmap_path) for i in instances)
     version, sha256 = study.model_version, study.model_sha256
     if sha256 is None:  # nothing was scored: the report still names the model the workers run
-        latest = session.execute(select(ModelVersion.version, ModelVersion.sha256)
-                                 .order_by(ModelVersion.registered_at.desc()).limit(1)).first()
-        version, sha256 = (latest[0], latest[1]) if latest else (None, None)
+        latest = newest_model(session)
+        version, sha256 = (latest.version, latest.sha256) if latest else (None, None)
     return ResultSnapshot(study.study_instance_uid, study.status.value, study.score, study.threshold, study.flag,
                           study.reason, version, sha256, images)
 

@@ -41,7 +41,11 @@ def encoded_file(path: Path) -> bytes:
     data = path.read_bytes()
     if has_file_meta(data):
         return data
-    ds = read_dataset(path)
+    return dataset_bytes(read_dataset(path))
+
+
+def dataset_bytes(ds: Dataset) -> bytes:
+    """A dataset as the bytes of a conformant DICOM file (preamble + file meta), as it is spooled or sent."""
     buffer = BytesIO()
     dcmwrite(buffer, ds, enforce_file_format=True)
     return buffer.getvalue()

@@ -39,28 +39,8 @@ def _host(host: str) -> str:
 
 
 @dataclass(frozen=True)
-class DicomDestination:
-    """A PACS (or any storage SCP) the report is C-STOREd to, written ``AET@host:port``."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> DicomDestination:
-        aet, sep, address = text.strip().partition("@")
-        host, colon, port = address.rpartition(":")
-        if not (sep and colon and aet and host and port.isdigit() and 0 < int(port) < 65536 and len(aet) <= 16):
-            raise ValueError(f"{text!r} is not AET@host:port (AE title of at most 16 characters, port 1-65535)")
-        return cls(aet, host.strip("[]"), int(port))
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{_host(self.host)}:{self.port}"
-
-
-@dataclass(frozen=True)
 class HostPort:
-    """An MLLP listener of the RIS, written ``host:port``."""
+    """A network peer written ``host:port`` (the RIS's MLLP listener; the address part of a DICOM destination)."""
 
     host: str
     port: int
@@ -74,6 +54,29 @@ class HostPort:
 
     def __str__(self) -> str:
         return f"{_host(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DicomDestination:
+    """A PACS (or any storage SCP) the report is C-STOREd to, written ``AET@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> DicomDestination:
+        aet, sep, address = text.strip().partition("@")
+        try:
+            where = HostPort.parse(address)
+        except ValueError:
+            where = None
+        if not (sep and aet and where and len(aet) <= 16):
+            raise ValueError(f"{text!r} is not AET@host:port (AE title of at most 16 characters, port 1-65535)")
+        return cls(aet, where.host, where.port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{_host(self.host)}:{self.port}"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ as its predecessor, whenever its result changes later (a new image, a new model)
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import threading
@@ -18,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pydicom import Dataset, dcmread, dcmwrite
+from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import reports
+from dicom_io.files import dataset_bytes
 from dicom_io.report_heatmap import build_heatmap_capture
 from dicom_io.report_sr import Algorithm, ImageFinding, StudyResult, build_report
 from dicom_io.sender import send_files
@@ -124,7 +124,7 @@ class Reporter:
                                    else float("nan"), flagged=result.flag, images=findings)
         sr = build_report(study_result, algorithm, series_instance_uid=series_uid, sop_instance_uid=sop_uid,
                           instance_number=version, previous_versions=predecessors)
-        files = [str(self.store.write(sop_uid, _encode(sr)))]
+        files = [str(self.store.write(sop_uid, dataset_bytes(sr)))]
         if self.config.heatmap:
             files += self._write_heatmap(result, headers, series_uid, version)
         return files
@@ -144,7 +144,7 @@ class Reporter:
         capture = build_heatmap_capture(headers[best.sop_instance_uid], rgb,
                                         series_instance_uid=generate_uid(entropy_srcs=[sr_series_uid, "heatmap"]),
                                         sop_instance_uid=sop_uid, instance_number=version)
-        return [str(self.store.write(sop_uid, _encode(capture)))]
+        return [str(self.store.write(sop_uid, dataset_bytes(capture)))]
 
     # --- deliveries ---------------------------------------------------------------------------------------------
 
@@ -244,8 +244,3 @@ class Reporter:
         if self._thread is not None:
             self._thread.join(timeout=self.config.send_timeout_s + 10)
 
-
-def _encode(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
