@@ -1,1 +1,1 @@
-"""Persistence: SQLAlchemy models, engine and sessions, worklist queries, Alembic migrations."""
+"""Persistence: SQLAlchemy models, engine and sessions, the reads and writes of each job, Alembic migrations."""

@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
+from db.model_registry import newest_model
 from db.models import Delivery, DeliveryStatus, Instance, Study, StudyReport, StudyStatus, as_utc, utcnow
-from db.queries import newest_model
 
 
 @dataclass(frozen=True)

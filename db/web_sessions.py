@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from db.audit import record_audit
 from db.models import AuditEvent, WebSession, utcnow
-from db.queries import record_audit
 
 LOGIN_FAILED = "login_failed"
 

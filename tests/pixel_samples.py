@@ -139,3 +139,11 @@ def _gdcm_transcode(ds: Dataset, syntax: UID, path: Path, workdir: Path) -> None
     writer.SetImage(change.GetOutput())
     if not writer.Write():
         raise RuntimeError("gdcm could not write")
+
+
+def lung_and_mediastinum(image: np.ndarray) -> tuple[float, float]:
+    """Mean brightness of the right lung field and of the mediastinum (central band)."""
+    h, w = image.shape
+    lung = image[int(h * 0.3):int(h * 0.6), int(w * 0.15):int(w * 0.35)]
+    mediastinum = image[int(h * 0.3):int(h * 0.6), int(w * 0.46):int(w * 0.54)]
+    return float(lung.mean()), float(mediastinum.mean())

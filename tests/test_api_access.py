@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from db import queries
+from db import ingest, model_registry
 from db.models import AuditEvent, InstanceStatus
 from worklist.app import create_app
 
@@ -29,21 +29,21 @@ def client(tmp_path: Path) -> TestClient:
 def add_study(client: TestClient, study: str, sop: str, score: float | None = 0.7, preview: Path | None = None,
               status: InstanceStatus = InstanceStatus.DONE, reason: str | None = None) -> None:
     sessions = client.app.state.sessions  # type: ignore[attr-defined]
-    record = queries.ReceivedRecord(
+    record = ingest.ReceivedRecord(
         sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1", study_instance_uid=study,
         series_instance_uid="1.2.3", transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CR", body_part="CHEST",
         view_position="PA", patient_name="DOE^JANE", patient_id="P1", accession_number="A1", study_date=None,
         study_description="XR CHEST", spool_path=f"/spool/{sop}.dcm", size_bytes=10, calling_ae="TEST")
     with sessions.begin() as session:
-        item = queries.record_received(session, record)
-        queries.register_model(session, sha256="a" * 64, version="m1", trained=False, threshold=0.5, metadata={})
+        item = ingest.record_received(session, record)
+        model_registry.register_model(session, sha256="a" * 64, version="m1", trained=False, threshold=0.5, metadata={})
     with sessions.begin() as session:
-        work = queries.claim(session, item.instance_id)
+        work = ingest.claim(session, item.instance_id)
     model = dict(model_version="m1", model_sha256="a" * 64, threshold=0.5) if score is not None else {}
     pictures = dict(preview_path=str(preview), heatmap_path=str(preview)) if preview else {}
     with sessions.begin() as session:
         assert work is not None
-        queries.finish(session, work, queries.Outcome(status, reason, score=score, **model, **pictures))
+        ingest.finish(session, work, ingest.Outcome(status, reason, score=score, **model, **pictures))
 
 
 def audit_rows(client: TestClient) -> list[tuple[str, str, str | None]]:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from db import queries
+from db import ingest, model_registry
 from db.models import InstanceStatus
 from worklist.app import create_app
 
@@ -27,22 +27,22 @@ def _seed(app: FastAPI, picture: Path) -> None:
             ("1.2.5", "1.2.5.1", None, InstanceStatus.NOT_ANALYSED, "LATERAL_VIEW"),
             ("1.2.6", "1.2.6.1", None, InstanceStatus.FAILED, "NO_PIXEL_DATA")]
     for study, sop, score, status, reason in rows:
-        record = queries.ReceivedRecord(
+        record = ingest.ReceivedRecord(
             sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.1", study_instance_uid=study,
             series_instance_uid="9", transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CR", body_part="CHEST",
             view_position="PA", patient_name="O'NEIL^ZOË", patient_id="P%_1", accession_number="A\\1",
             study_date=None, study_description="XR", spool_path=f"/spool/{sop}", size_bytes=1, calling_ae="T")
         with sessions.begin() as session:
-            item = queries.record_received(session, record)
-            queries.register_model(session, sha256="b" * 64, version="m", trained=False, threshold=0.5,
+            item = ingest.record_received(session, record)
+            model_registry.register_model(session, sha256="b" * 64, version="m", trained=False, threshold=0.5,
                                    metadata={"validation_metrics": {}})
         with sessions.begin() as session:
-            work = queries.claim(session, item.instance_id)
+            work = ingest.claim(session, item.instance_id)
         model = dict(model_version="m", model_sha256="b" * 64, threshold=0.5) if score is not None else {}
         pictures = dict(preview_path=str(picture), heatmap_path=str(picture)) if score is not None else {}
         with sessions.begin() as session:
             assert work is not None
-            queries.finish(session, work, queries.Outcome(status, reason, score=score, **model, **pictures))
+            ingest.finish(session, work, ingest.Outcome(status, reason, score=score, **model, **pictures))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

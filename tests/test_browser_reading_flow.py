@@ -28,8 +28,9 @@ import pytest
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db import ingest, model_registry
 from db.models import InstanceStatus
+from db.worklist import WorklistFilter, set_read, study_detail, worklist_total
 from worklist.presentation import viewer_url
 
 from db_records import MODEL, receive
@@ -67,16 +68,16 @@ class Site:
     pictures: dict[str, str] = field(default_factory=dict)
     made: int = 0
 
-    def finish(self, item: queries.WorkItem, score: float | None, status: InstanceStatus = InstanceStatus.DONE,
+    def finish(self, item: ingest.WorkItem, score: float | None, status: InstanceStatus = InstanceStatus.DONE,
                reason: str | None = None, preview: str | None = None) -> None:
         """As the worker ends an instance (with its preview picture, if any)."""
         with self.sessions.begin() as session:
-            work = queries.claim(session, item.instance_id, item.receive_count)
+            work = ingest.claim(session, item.instance_id, item.receive_count)
         assert work is not None
         model = MODEL if score is not None else {}
-        outcome = queries.Outcome(status, reason, score=score, preview_path=preview, **model)  # type: ignore[arg-type]
+        outcome = ingest.Outcome(status, reason, score=score, preview_path=preview, **model)  # type: ignore[arg-type]
         with self.sessions.begin() as session:
-            assert queries.finish(session, work, outcome)
+            assert ingest.finish(session, work, outcome)
 
     def add(self, name: str, score: float | None = 0.2, **fields: Any) -> str:
         """One study of one frontal image, received and finished now; its UID."""
@@ -99,26 +100,26 @@ class Site:
 
     def unread_flagged(self) -> int:
         with self.sessions() as session:
-            return queries.worklist_total(session, flagged=True, read=False)
+            return worklist_total(session, WorklistFilter(flagged=True, read=False))
 
     def read_by(self, uid: str) -> str | None:
         with self.sessions() as session:
-            detail = queries.study_detail(session, uid)
+            detail = study_detail(session, uid)
         assert detail is not None
-        return detail["read_by"]  # type: ignore[no-any-return]
+        return detail.read_by
 
     def viewer(self, uid: str) -> str:
         with self.sessions() as session:
-            detail = queries.study_detail(session, uid)
+            detail = study_detail(session, uid)
         assert detail is not None
-        url = viewer_url(VIEWER, uid, detail["accession_number"], detail["patient_id"])
+        url = viewer_url(VIEWER, uid, detail.accession_number, detail.patient_id)
         assert url is not None
         return url
 
 
 def _seed(site: Site) -> None:
     with site.sessions.begin() as session:
-        queries.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=True,  # type: ignore[arg-type]
+        model_registry.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=True,  # type: ignore[arg-type]
                                threshold=0.5, metadata={"validated_population": ADULTS_ONLY})
     scores = [0.1, 0.47, 0.2, 0.8, 0.3, 0.05, 0.6, 0.15, 0.25, 0.35]
     for index in range(STUDIES - 3):
@@ -276,7 +277,7 @@ def test_a_flag_arriving_while_scrolled_counts_in_the_title_and_raises_the_new_f
 
     # Reading one (marking it read elsewhere) takes it off the count.
     with site.sessions.begin() as session:
-        queries.set_read(session, second, read=True, actor="dr-b")
+        set_read(session, second, read=True, actor="dr-b")
     expect(page).to_have_title(re.compile(rf"^\({count + 2}\) Worklist"))
 
 

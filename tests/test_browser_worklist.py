@@ -71,12 +71,13 @@ def _write(ds, path: Path) -> Path:  # type: ignore[no-untyped-def]
 def _pipeline_scores(files: list[Path], checkpoint: Path, workdir: Path) -> list[float]:
     """Score files exactly as the worker will: its own Pipeline, on a scratch database."""
     from worker.config import WorkerConfig
-    from worker.pipeline import Pipeline
+
+    from pipelines import worker_pipeline
 
     config = WorkerConfig(database_url=f"sqlite:///{workdir / 'scratch.sqlite3'}", broker_url="filesystem://",
                           spool_dir=workdir / "spool", rejected_dir=workdir / "rejected", queue_dir=workdir / "queue",
                           model_path=checkpoint, model_cache_dir=workdir / "models", device="cpu")
-    pipeline = Pipeline(config)
+    pipeline = worker_pipeline(config)
     scores = []
     for path in files:
         outcome = pipeline.analyse(path)

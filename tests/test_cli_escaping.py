@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from db.queries import WorklistEntry
+from db.worklist import WorklistEntry
 
 
 def _entry(name: str) -> WorklistEntry:

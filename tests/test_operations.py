@@ -15,8 +15,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_classic
 from sqlalchemy import update
 
-from db import heartbeats, queries
+from db import heartbeats, ingest, model_registry
 from db.models import InstanceStatus, Study, WorkerHeartbeat, utcnow
+from db.worklist import set_read
+from triage.wiring import package_version
 from worklist.app import create_app
 from worklist.schemas import Problem
 
@@ -31,7 +33,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture
 def client(database_url: str) -> Iterator[TestClient]:
-    app = create_app(database_url, api_token=TOKEN)
+    app = create_app(database_url, api_token=TOKEN, software_version=package_version())  # as triage.web_server does
     try:
         yield TestClient(app)
     finally:
@@ -42,23 +44,23 @@ def sessions_of(client: TestClient):  # type: ignore[no-untyped-def]
     return client.app.state.sessions  # type: ignore[attr-defined]
 
 
-def finish(client: TestClient, item: queries.WorkItem, score: float | None = None, model: str = "m1",
+def finish(client: TestClient, item: ingest.WorkItem, score: float | None = None, model: str = "m1",
            status: InstanceStatus = InstanceStatus.DONE, reason: str | None = None) -> None:
     """Claim and finish an instance as the worker would, scored by ``model`` (threshold 0.5)."""
     sessions = sessions_of(client)
     with sessions.begin() as session:
-        queries.register_model(session, sha256=SHA[model], version=model, trained=model == "m2", threshold=0.5,
+        model_registry.register_model(session, sha256=SHA[model], version=model, trained=model == "m2", threshold=0.5,
                                metadata={})
-        work = queries.claim(session, item.instance_id, item.receive_count)
+        work = ingest.claim(session, item.instance_id, item.receive_count)
     assert work is not None
     scored = dict(model_version=model, model_sha256=SHA[model], threshold=0.5) if score is not None else {}
     with sessions.begin() as session:
-        assert queries.finish(session, work, queries.Outcome(status, reason, score=score, **scored))
+        assert ingest.finish(session, work, ingest.Outcome(status, reason, score=score, **scored))
 
 
 def reject(client: TestClient, status: int) -> None:
     with sessions_of(client).begin() as session:
-        queries.record_rejection(session, calling_ae="MODALITY", peer="10.0.0.9", status=status,
+        ingest.record_rejection(session, calling_ae="MODALITY", peer="10.0.0.9", status=status,
                                  reason="test payload", payload_path=None, size_bytes=3)
 
 
@@ -83,7 +85,7 @@ def test_metrics_count_flags_reasons_rejections_models_and_waiting(client: TestC
     for status in (0xC210, 0xC210, 0xC212):
         reject(client, status)
     with sessions.begin() as session:
-        queries.set_read(session, "s3", read=True, actor="alice")
+        set_read(session, "s3", read=True, actor="alice")
         session.execute(update(Study).where(Study.study_instance_uid == "s1")
                         .values(received_at=utcnow() - timedelta(seconds=600)))
         heartbeats.beat(session, "host:1", 1, utcnow())
@@ -109,7 +111,7 @@ def test_metrics_count_flags_reasons_rejections_models_and_waiting(client: TestC
     assert 0 <= metrics[("cxr_triage_worker_heartbeat_age_seconds", ())] < 15
 
     with sessions.begin() as session:
-        queries.set_read(session, "s1", read=True, actor="alice")
+        set_read(session, "s1", read=True, actor="alice")
     assert scrape(client)[("cxr_triage_unread_flagged_oldest_age_seconds", ())] == 0  # nothing flagged waits
 
 

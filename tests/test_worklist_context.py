@@ -13,12 +13,24 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
-from db.engine import alembic_config, make_engine, make_session_factory, migrate
-from db.models import InstanceStatus, Study, as_utc, utcnow
+from db import ingest, model_registry
+from db.engine import make_engine, make_session_factory
+from db.models import InstanceStatus, Study, utcnow
+from db.worklist import (
+    OrderPriority,
+    StudyDetail,
+    WorklistEntry,
+    WorklistFilter,
+    is_borderline,
+    outside_validated_population,
+    set_read,
+    study_detail,
+    worklist,
+    worklist_total,
+)
 from dicom_io.header import (
     PRIORITIES,
     age_from_dates,
@@ -97,7 +109,7 @@ def test_sex_and_priority_keep_only_defined_terms() -> None:
     ds.RequestAttributesSequence = [item_low, item_stat]
     ds.RequestedProcedurePriority = "HIGH"
     assert order_priority(ds) == "STAT"  # the most urgent of what the file says
-    assert [p.value for p in queries.OrderPriority] == list(PRIORITIES)  # db's copy of the defined terms
+    assert [p.value for p in OrderPriority] == list(PRIORITIES)  # db's copy of the defined terms
 
 
 # --- captured at ingest, through the real commit point ------------------------------------------------------------
@@ -127,9 +139,9 @@ def _contextless(**kwargs: Any) -> Dataset:
     return ds
 
 
-def _study(sessions: sessionmaker[Session], study_uid: str) -> dict[str, Any]:
+def _study(sessions: sessionmaker[Session], study_uid: str) -> StudyDetail:
     with sessions() as session:
-        detail = queries.study_detail(session, study_uid)
+        detail = study_detail(session, study_uid)
     assert detail is not None, study_uid
     return detail
 
@@ -137,8 +149,8 @@ def _study(sessions: sessionmaker[Session], study_uid: str) -> dict[str, Any]:
 CONTEXT = ("patient_age_years", "patient_sex", "modality", "institution", "station", "priority")
 
 
-def _context(detail: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(detail[key] for key in CONTEXT)
+def _context(detail: StudyDetail) -> tuple[Any, ...]:
+    return tuple(getattr(detail, key) for key in CONTEXT)
 
 
 def test_import_records_the_context_of_synthetic_files(tmp_path: Path, database_url: str) -> None:
@@ -162,7 +174,7 @@ def test_import_records_the_context_of_synthetic_files(tmp_path: Path, database_
         # A file that says nothing still shows, with nothing made up.
         assert _context(_study(sessions, bare.StudyInstanceUID)) == (None, None, None, None, None, None)
         with sessions() as session:
-            listed = {e.study_uid for e in queries.worklist(session)}
+            listed = {e.study_uid for e in worklist(session)}
         assert listed == {tagged.StudyInstanceUID, dated.StudyInstanceUID, bare.StudyInstanceUID}
     finally:
         ingest.stop()
@@ -263,10 +275,10 @@ def test_the_senders_rule_applies_only_where_the_file_has_no_priority(tmp_path: 
     finally:
         ingest.stop()
     sessions = make_session_factory(make_engine(database_url))
-    assert _study(sessions, from_er.StudyInstanceUID)["priority"] == "STAT"
-    assert _study(sessions, ordered.StudyInstanceUID)["priority"] == "ROUTINE"  # the file wins
-    assert _study(sessions, from_ward.StudyInstanceUID)["priority"] is None  # no rule for this sender
-    assert _study(sessions, imported.StudyInstanceUID)["priority"] == "LOW"
+    assert _study(sessions, from_er.StudyInstanceUID).priority == "STAT"
+    assert _study(sessions, ordered.StudyInstanceUID).priority == "ROUTINE"  # the file wins
+    assert _study(sessions, from_ward.StudyInstanceUID).priority is None  # no rule for this sender
+    assert _study(sessions, imported.StudyInstanceUID).priority == "LOW"
 
 
 # --- the default order ------------------------------------------------------------------------------------------
@@ -275,20 +287,20 @@ def test_the_senders_rule_applies_only_where_the_file_has_no_priority(tmp_path: 
 def _backlog(sessions: sessionmaker[Session], count: int = 300) -> None:
     """``count`` studies received and scored an hour ago: most flagged with high scores, a few STAT, all unread."""
     with sessions.begin() as session:
-        items = [queries.record_received(session, _record(f"9.{i}", f"b.{i}", i)) for i in range(count)]
+        items = [ingest.record_received(session, _record(f"9.{i}", f"b.{i}", i)) for i in range(count)]
     with sessions.begin() as session:
         for i, item in enumerate(items):
-            work = queries.claim(session, item.instance_id)
+            work = ingest.claim(session, item.instance_id)
             assert work is not None
             score = 0.99 - (i % 40) / 100 if i % 3 else 0.2  # two in three flagged, scores 0.60–0.99
-            queries.finish(session, work, queries.Outcome(InstanceStatus.DONE, score=score, **MODEL))
+            ingest.finish(session, work, ingest.Outcome(InstanceStatus.DONE, score=score, **MODEL))
     hour_ago = utcnow() - timedelta(hours=1)
     with sessions.begin() as session:
         session.execute(update(Study).values(received_at=hour_ago))
         session.execute(update(Study).where(Study.flag.is_(True)).values(flag_raised_at=hour_ago))
 
 
-def _record(sop: str, study: str, index: int, **fields: Any) -> queries.ReceivedRecord:
+def _record(sop: str, study: str, index: int, **fields: Any) -> ingest.ReceivedRecord:
     from db_records import record
 
     priority = "STAT" if index % 50 == 1 else "ROUTINE"  # six STAT orders (four of them flagged)
@@ -305,9 +317,9 @@ def test_a_new_flag_reaches_the_first_screen_whatever_the_backlog(sessions: sess
     _backlog(sessions)
     _flag_new(sessions, "new.flag", score=0.6)  # flagged, but with the lowest flagged score of all
     with sessions() as session:
-        first = queries.worklist(session, limit=20)
-        by_score = [e.study_uid for e in queries.worklist(session, sort="flagged_score", limit=300)]
-        everything = queries.worklist(session, limit=400)
+        first = worklist(session, limit=20)
+        by_score = [e.study_uid for e in worklist(session, sort="flagged_score", limit=300)]
+        everything = worklist(session, limit=400)
     uids = [e.study_uid for e in first]
     assert "new.flag" in uids
     # STAT flagged studies first, then the newest flag: the new one leads the rest of the flagged backlog.
@@ -335,15 +347,15 @@ def test_urgent_unflagged_studies_come_before_other_unflagged_ones_and_read_ones
         item = receive(sessions, sop, study, priority=priority)
         if score is not None:
             assert process(sessions, item, score)
-    order = lambda **kw: [e.study_uid for e in queries.worklist(session, **kw)]  # noqa: E731
+    order = lambda: [e.study_uid for e in worklist(session)]  # noqa: E731
     with sessions() as session:
         assert order() == ["flag.stat", "flag.routine", "stat.new", "routine.old", "none.old", "pending"]
     with sessions.begin() as session:
-        queries.set_read(session, "flag.stat", read=True, actor="dr-a")
-        queries.set_read(session, "stat.new", read=True, actor="dr-a")
+        set_read(session, "flag.stat", read=True, actor="dr-a")
+        set_read(session, "stat.new", read=True, actor="dr-a")
     with sessions() as session:
         assert order() == ["flag.routine", "routine.old", "none.old", "pending", "flag.stat", "stat.new"]
-        waiting = {e.study_uid: e.waiting_seconds for e in queries.worklist(session)}
+        waiting = {e.study_uid: e.waiting_seconds for e in worklist(session)}
     assert waiting["flag.stat"] is None and waiting["stat.new"] is None  # read: nobody is waiting
     assert all(0 <= seconds < 600 for uid, seconds in waiting.items() if uid not in ("flag.stat", "stat.new"))
 
@@ -351,11 +363,11 @@ def test_urgent_unflagged_studies_come_before_other_unflagged_ones_and_read_ones
 def test_waiting_seconds_count_from_receipt(sessions: sessionmaker[Session]) -> None:
     receive(sessions, "w.1", "w")
     with sessions() as session:
-        received = queries.worklist(session)[0].received_at
-        [entry] = queries.worklist(session, now=received + timedelta(minutes=7, seconds=30))
-        detail = queries.study_detail(session, "w", now=received + timedelta(seconds=5))
+        received = worklist(session)[0].received_at
+        [entry] = worklist(session, now=received + timedelta(minutes=7, seconds=30))
+        detail = study_detail(session, "w", now=received + timedelta(seconds=5))
     assert entry.waiting_seconds == pytest.approx(450.0) and detail is not None
-    assert detail["waiting_seconds"] == pytest.approx(5.0)
+    assert detail.waiting_seconds == pytest.approx(5.0)
 
 
 # --- borderline and the validated population ----------------------------------------------------------------
@@ -369,18 +381,18 @@ def test_borderline_is_the_band_just_below_the_threshold(sessions: sessionmaker[
     def borderline(band: float | None = None) -> set[str]:
         extra = {} if band is None else {"borderline_band": band}
         with sessions() as session:
-            return {e.study_uid for e in queries.worklist(session, **extra) if e.borderline}
+            return {e.study_uid for e in worklist(session, **extra) if e.borderline}
 
     assert borderline() == {"b.just", "b.edge"}  # threshold 0.5, default band 0.05: 0.45 <= score < 0.5
     assert borderline(0.1) == {"b.just", "b.edge", "b.out"}
     assert borderline(0.0) == set()
-    assert queries.is_borderline(0.46, 0.5, 0.05) and not queries.is_borderline(0.5, 0.5, 0.05)
-    assert not queries.is_borderline(None, 0.5, 0.05) and not queries.is_borderline(0.46, None, 0.05)
+    assert is_borderline(0.46, 0.5, 0.05) and not is_borderline(0.5, 0.5, 0.05)
+    assert not is_borderline(None, 0.5, 0.05) and not is_borderline(0.46, None, 0.05)
 
 
 def test_a_study_outside_the_validated_ages_says_so(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
-        queries.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=True, threshold=0.5,
+        model_registry.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=True, threshold=0.5,
                                metadata={"validated_population": ADULTS_ONLY})
     for study, age in (("child", 4), ("adult", 45), ("unknown", None), ("eighteen", 18)):
         assert process(sessions, receive(sessions, f"{study}.1", study, patient_age_years=age), 0.7)
@@ -389,7 +401,7 @@ def test_a_study_outside_the_validated_ages_says_so(sessions: sessionmaker[Sessi
     def verdicts() -> dict[str, tuple[bool | None, str | None]]:
         with sessions() as session:
             return {e.study_uid: (e.outside_validated_population, e.outside_validated_population_reason)
-                    for e in queries.worklist(session)}
+                    for e in worklist(session)}
 
     found = verdicts()
     assert found["child"][0] is True and "age 4 y" in str(found["child"][1]) and "18 y and over" in str(
@@ -399,7 +411,7 @@ def test_a_study_outside_the_validated_ages_says_so(sessions: sessionmaker[Sessi
     assert found["unknown"] == (None, None)
 
     with sessions.begin() as session:  # a model that records no population: nothing can be said
-        queries.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=False, threshold=0.5,
+        model_registry.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=False, threshold=0.5,
                                metadata={"validated_population": {}})
     assert set(verdicts().values()) == {(None, None)}
 
@@ -412,7 +424,7 @@ def test_the_population_check_reads_what_training_writes() -> None:
                                                                                   site="kermany")]
     both = validated_population(samples)
     adults = validated_population(samples[:1])
-    check = queries.outside_validated_population
+    check = outside_validated_population
     assert check(4, both) == (False, None) and check(40, both) == (False, None)
     outside, reason = check(10, both)
     assert outside is True and "pediatric: 1–5 y" in str(reason) and "adult: 18 y and over" in str(reason)
@@ -440,9 +452,10 @@ def test_filters_on_context(sessions: sessionmaker[Session]) -> None:
     _seed_context(sessions)
 
     def found(**criteria: Any) -> set[str]:
+        filters = WorklistFilter(**criteria)
         with sessions() as session:
-            entries = {e.study_uid for e in queries.worklist(session, **criteria)}
-            assert queries.worklist_total(session, **criteria) == len(entries)
+            entries = {e.study_uid for e in worklist(session, filters)}
+            assert worklist_total(session, filters) == len(entries)
         return entries
 
     assert found() == {"c.cr.f.70", "c.dx.m.8", "c.dx.f.30", "c.none"}
@@ -454,13 +467,13 @@ def test_filters_on_context(sessions: sessionmaker[Session]) -> None:
     assert found(institution="general hosp") == {"c.cr.f.70", "c.dx.f.30"}
     assert found(institution="%") == set()  # LIKE wildcards are literal
     assert found(modality="DX", sex="F", age_min=18, institution="annex") == {"c.dx.f.30"}
-    assert found(filters=queries.WorklistFilter(sex="M", priority="ROUTINE")) == {"c.dx.m.8"}
+    assert found(sex="M", priority="ROUTINE") == {"c.dx.m.8"}
 
 
 def test_api_items_carry_the_context_and_filter_on_it(sessions: sessionmaker[Session], database_url: str) -> None:
     _seed_context(sessions)
     with sessions.begin() as session:
-        queries.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=True, threshold=0.5,
+        model_registry.register_model(session, sha256=MODEL["model_sha256"], version="m1", trained=True, threshold=0.5,
                                metadata={"validated_population": ADULTS_ONLY})
     client = TestClient(create_app(database_url, borderline_band=0.25), base_url="http://127.0.0.1")
     try:
@@ -512,7 +525,7 @@ def test_the_cli_shows_names_as_people_read_them_and_the_context() -> None:
     assert person_name("YAMADA^TARO=山田^太郎=やまだ^たろう") == "YAMADA, TARO = 山田, 太郎 = やまだ, たろう"
     assert person_name("=山田^太郎") == "山田, 太郎" and person_name("") == "" and person_name(None) == ""
 
-    entry = queries.WorklistEntry(
+    entry = WorklistEntry(
         study_uid="1.2.3", patient_name="SMITH^MARIA", patient_id="P1", accession_number="A1", study_date=None,
         study_description="XR CHEST", status="DONE", flag=False, score=0.47, threshold=0.5, reason=None,
         model_version="m1", model_sha256="a" * 64, model_trained=True, received_at=utcnow(), flagged_at=None,
@@ -533,41 +546,3 @@ def _column(table_text: str, name: str) -> str:
     header = next(line.split("┃") for line in table_text.splitlines() if line.startswith("┃"))
     index = [cell.strip() for cell in header].index(name)
     return " ".join(row[index].strip() for row in rows if row[index].strip())
-
-
-# --- the migration ----------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migration_0007_backfills_flag_times_and_modality(backend: str, tmp_path: Path) -> None:
-    from alembic import command
-
-    from conftest import _postgres_database
-
-    urls = iter([f"sqlite:///{tmp_path / 'old.sqlite3'}"]) if backend == "sqlite" else _postgres_database()
-    for url in urls:
-        command.upgrade(alembic_config(url), "0006")
-        engine = create_engine(url)
-        flagged_at = utcnow() - timedelta(days=1)
-        with engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO studies (id, study_instance_uid, patient_name, patient_id, accession_number, "
-                "study_description, received_at, updated_at, status, flag, flagged_at) VALUES "
-                "(1, 'm.flag', '', '', '', '', :f, :f, 'DONE', true, :f), "
-                "(2, 'm.plain', '', '', '', '', :f, :f, 'DONE', false, :f)"), {"f": flagged_at})
-            connection.execute(text(
-                "INSERT INTO instances (study_id, sop_instance_uid, sop_class_uid, series_instance_uid, "
-                "transfer_syntax_uid, modality, body_part, view_position, spool_path, size_bytes, calling_ae, "
-                "received_at, receive_count, status, attempts) VALUES "
-                "(1, 'i.1', '1.2', '', '', 'DX', '', '', '/x', 1, '', :f, 1, 'DONE', 1)"), {"f": flagged_at})
-        engine.dispose()
-        engine = make_engine(url)
-        migrate(engine)
-        with make_session_factory(engine)() as session:
-            rows = {s.study_instance_uid: s for s in session.scalars(select(Study))}
-            flag_raised = as_utc(rows["m.flag"].flag_raised_at)
-            assert flag_raised is not None and abs((flag_raised - flagged_at).total_seconds()) < 1
-            assert rows["m.plain"].flag_raised_at is None
-            assert rows["m.flag"].modality == "DX" and rows["m.plain"].modality is None
-        engine.dispose()
-        command.downgrade(alembic_config(url), "0006")

@@ -112,7 +112,7 @@ def test_an_empty_map_is_said_on_the_picture(tmp_path: Path, model_path: Path) -
 
 
 def test_a_preview_failure_never_fails_the_instance(tmp_path: Path, model_path: Path) -> None:
-    from worker.pipeline import Pipeline
+    from pipelines import worker_pipeline
 
     blocked = tmp_path / "previews"
     blocked.write_text("a file where the folder should be")
@@ -122,7 +122,7 @@ def test_a_preview_failure_never_fails_the_instance(tmp_path: Path, model_path: 
                           device="cpu", previews_dir=blocked)
     source = tmp_path / "chest.dcm"
     chest_dataset(patient_index=5).save_as(source, enforce_file_format=True)
-    outcome = Pipeline(config).analyse(source)
+    outcome = worker_pipeline(config).analyse(source)
     assert outcome.status.value == "DONE" and outcome.score is not None
     assert outcome.preview_path is None and outcome.heatmap_path is None
 
@@ -130,7 +130,7 @@ def test_a_preview_failure_never_fails_the_instance(tmp_path: Path, model_path: 
 def test_a_lateral_view_gets_a_preview_but_no_score_and_no_heat_map(tmp_path: Path, model_path: Path) -> None:
     """The study page shows every image: a lateral is not scored (NOT_ANALYSED, LATERAL_VIEW) but its picture is
     written, rendered like a scored one; a worker without a previews folder writes none."""
-    from worker.pipeline import Pipeline
+    from pipelines import worker_pipeline
 
     config = WorkerConfig(database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}", broker_url="filesystem://",
                           spool_dir=tmp_path / "spool", rejected_dir=tmp_path / "rejected",
@@ -139,7 +139,7 @@ def test_a_lateral_view_gets_a_preview_but_no_score_and_no_heat_map(tmp_path: Pa
     source = tmp_path / "lateral.dcm"
     lateral = chest_dataset(patient_index=6, view="LL")
     lateral.save_as(source, enforce_file_format=True)
-    pipeline = Pipeline(config)
+    pipeline = worker_pipeline(config)
     outcome = pipeline.analyse(source)
     assert outcome.status.value == "NOT_ANALYSED" and outcome.reason == "LATERAL_VIEW"
     assert outcome.score is None and outcome.heatmap_path is None and outcome.preview_path is not None
@@ -151,4 +151,4 @@ def test_a_lateral_view_gets_a_preview_but_no_score_and_no_heat_map(tmp_path: Pa
     assert pipeline.analyse(source).preview_path is None
     not_chest = tmp_path / "knee.dcm"
     chest_dataset(patient_index=7, body_part="KNEE").save_as(not_chest, enforce_file_format=True)
-    assert Pipeline(config).analyse(not_chest).preview_path is None  # only laterals are shown unscored
+    assert worker_pipeline(config).analyse(not_chest).preview_path is None  # only laterals are shown unscored

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from db import queries
+from db.worklist import set_read
 from triage.settings import Settings
 from worklist.app import create_app
 from worklist.presentation import age_sex, age_sex_words, check_viewer_template, viewer_url, waiting
@@ -115,7 +115,7 @@ def test_pages_link_the_viewer_in_a_new_tab_and_count_unread_flags_in_the_title(
     study = client.get("/studies/1.2.3", headers=HTML).text
     assert f'<a id="viewer-link" class="viewer-link" {href} target="_blank" rel="noopener noreferrer">' in study
     with client.app.state.sessions.begin() as session:  # type: ignore[attr-defined]
-        queries.set_read(session, "1.2.3", read=True, actor="dr-a")
+        set_read(session, "1.2.3", read=True, actor="dr-a")
     assert "<title>(1) Worklist" in client.get("/", headers=HTML).text
     assert "<title>Worklist" in client.get("/?flag=not_flagged", headers=HTML).text  # this list has none
 

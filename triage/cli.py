@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from db import queries
+from db.worklist import OrderPriority, PatientSex, WorklistFilter, WorklistSort, WorklistStatus
 from triage.console import app, command_settings, console, wait_for_stop
 from triage.supervisor import WorkerSupervisor
 from triage.web_server import web_server
@@ -101,35 +101,38 @@ def show_worklist(
     unread: Annotated[bool, typer.Option("--unread", help="Only studies nobody has marked read.")] = False,
     search: Annotated[str | None, typer.Option(help="Words to find in patient name, ID or accession.")] = None,
     modality: Annotated[str | None, typer.Option(help="Only this modality (CR, DX…).")] = None,
-    sex: Annotated[queries.PatientSex | None, typer.Option(help="Only this patient sex.")] = None,
-    priority: Annotated[queries.OrderPriority | None, typer.Option(help="Only this order priority.")] = None,
+    sex: Annotated[PatientSex | None, typer.Option(help="Only this patient sex.")] = None,
+    priority: Annotated[OrderPriority | None, typer.Option(help="Only this order priority.")] = None,
     age_min: Annotated[int | None, typer.Option(min=0, help="Patient at least this old (years).")] = None,
     age_max: Annotated[int | None, typer.Option(min=0, help="Patient at most this old (years).")] = None,
     institution: Annotated[str | None, typer.Option(help="Text in the institution name.")] = None,
-    sort: Annotated[queries.WorklistSort, typer.Option(
+    sort: Annotated[WorklistSort, typer.Option(
         help="priority: unread flagged (STAT, then newest flag first), unread others (STAT, then arrival), read "
-             "last; flagged_score: flagged first by score.")] = queries.WorklistSort.PRIORITY,
+             "last; flagged_score: flagged first by score.")] = WorklistSort.PRIORITY,
     limit: Annotated[int, typer.Option(help="At most this many studies.")] = 200,
 ) -> None:
     """Print the prioritized worklist (the same order and fields as the page and GET /api/worklist)."""
     from db.engine import open_database
+    from db.model_registry import untrained_models_in_use
+    from db.worklist import worklist
+    from worklist.views import worklist_item
 
-    if status is not None and status.upper() not in queries.WorklistStatus.__members__:
-        raise typer.BadParameter(f"{status!r} is not one of {', '.join(queries.WorklistStatus.__members__)}",
+    if status is not None and status.upper() not in WorklistStatus.__members__:
+        raise typer.BadParameter(f"{status!r} is not one of {', '.join(WorklistStatus.__members__)}",
                                  param_hint="--status")
     settings = command_settings()
-    filters = queries.WorklistFilter(
+    filters = WorklistFilter(
         status=status, flagged=True if flagged else None, read=False if unread else None, text=search,
         modality=modality, sex=sex.value if sex else None, priority=priority.value if priority else None,
         age_min=age_min, age_max=age_max, institution=institution)
     engine, sessions = open_database(settings.effective_database_url)
     with sessions() as session:
-        entries = queries.worklist(session, filters, sort=sort, limit=limit,
-                                   borderline_band=settings.borderline_band)
-        untrained = queries.untrained_models_in_use(session)
+        entries = worklist(session, filters, sort=sort, limit=limit, borderline_band=settings.borderline_band)
+        untrained = untrained_models_in_use(session)
     engine.dispose()
-    if as_json:
-        print(json.dumps([entry.to_dict() for entry in entries], indent=2))
+    if as_json:  # each study as GET /api/worklist gives it
+        items = [worklist_item(entry, settings.viewer_url).model_dump(mode="json") for entry in entries]
+        print(json.dumps(items, indent=2))
         return
     print_worklist(console, entries, untrained, settings.timezone, sort)
 
@@ -144,7 +147,7 @@ def inspect(
     """Show the decision, reason, encoding and window for each file, and optionally what the model sees."""
     from model.checkpoint import read_metadata
     from triage.inspect import inspect_file
-    from worker.pipeline import checkpoint_path
+    from worker.served_model import checkpoint_path
 
     spec = read_metadata(checkpoint_path(worker_config(command_settings()))).preprocess_spec
     for path in files:

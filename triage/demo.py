@@ -11,8 +11,9 @@ from rich.progress import Progress
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.model_registry import untrained_models_in_use
 from db.models import Instance, InstanceStatus
+from db.worklist import worklist
 from dicom_io.files import read_dataset
 from dicom_io.sender import send_files
 from dicom_io.synthetic import write_samples
@@ -90,8 +91,8 @@ def run_demo(settings: Settings, *, once: bool, source: Path | None, timeout: fl
             return 1
         console.print(f"all {len(sop_uids)} instance(s) classified in {time.monotonic() - started:.1f} s")
         with ingest.sessions() as session:
-            print_worklist(console, queries.worklist(session, borderline_band=settings.borderline_band),
-                           queries.untrained_models_in_use(session), settings.timezone)
+            print_worklist(console, worklist(session, borderline_band=settings.borderline_band),
+                           untrained_models_in_use(session), settings.timezone)
         if once:
             return 0 if not refused else 1
         console.print(f"worklist page at http://{settings.web_host}:{settings.web_port}/ — Ctrl-C to stop")

@@ -38,7 +38,7 @@ def _split_folders(values: list[str]) -> tuple[str, ...]:
 def _default_model() -> Path:
     """The checkpoint the workers would load (TRIAGE_MODEL, else the shipped one)."""
     from triage.wiring import worker_config
-    from worker.pipeline import checkpoint_path
+    from worker.served_model import checkpoint_path
 
     return checkpoint_path(worker_config(load_settings()))
 

@@ -14,7 +14,7 @@ import uvicorn
 
 from triage.console import console
 from triage.settings import Settings
-from triage.wiring import DropQueryStrings, worker_config
+from triage.wiring import DropQueryStrings, package_version, worker_config
 
 
 def model_card_path() -> Path:
@@ -36,7 +36,8 @@ def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = N
                       spool_disk_used=lambda: disk_used_percent(settings.spool_dir),
                       disk_watermark_percent=settings.disk_watermark_percent, worker_restarts=worker_restarts,
                       broker_ok=broker_check(worker_config(settings)),
-                      borderline_band=settings.borderline_band, viewer_url_template=settings.viewer_url)
+                      borderline_band=settings.borderline_band, viewer_url_template=settings.viewer_url,
+                      software_version=package_version())
     config = uvicorn.Config(app_, host=settings.web_host, port=settings.web_port, log_level=settings.log_level.lower(),
                             ssl_certfile=settings.web_tls_cert, ssl_keyfile=settings.web_tls_key)
     logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers

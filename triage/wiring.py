@@ -4,6 +4,7 @@ as a child process's environment, and process-wide logging."""
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from ssl import SSLContext
 
@@ -34,13 +35,15 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
-def reporting_config(settings: Settings) -> ReportingConfig:
-    from importlib.metadata import PackageNotFoundError, version
-
+def package_version() -> str:
+    """The installed cxr-triage version (the SR's software version, /metrics' build info)."""
     try:
-        software_version = version("cxr-triage")
-    except PackageNotFoundError:
-        software_version = "unknown"
+        return version("cxr-triage")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def reporting_config(settings: Settings) -> ReportingConfig:
     return ReportingConfig(
         reports_dir=(settings.data_dir / "reports").resolve(),
         dicom_destinations=tuple(DicomDestination.parse(text) for text in settings.result_destinations),
@@ -54,7 +57,7 @@ def reporting_config(settings: Settings) -> ReportingConfig:
         hl7_sending_facility=settings.hl7_sending_facility,
         hl7_receiving_application=settings.hl7_receiving_application,
         hl7_receiving_facility=settings.hl7_receiving_facility,
-        software_version=software_version,
+        software_version=package_version(),
     )
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db.ingest import ReceivedRecord, WorkItem, record_received, record_rejection
 from dicom_io.header import InstanceHeader, normalise_priority
 from dicom_io.listener import STATUS_OUT_OF_RESOURCES, OutOfResources, ReceivedInstance, RejectedInstance
 from dicom_io.spool import Spool
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[queries.WorkItem], None]
+Publish = Callable[[WorkItem], None]
 
 
 class Ingestor:
@@ -36,7 +36,7 @@ class Ingestor:
         self.rejected_dir = rejected_dir
         self.publish = publish
 
-    def commit(self, instance: ReceivedInstance) -> queries.WorkItem:
+    def commit(self, instance: ReceivedInstance) -> WorkItem:
         header = instance.header
         used = self.spool.disk_used_percent()
         if used >= self.disk_watermark_percent:  # refuse while a retry can still succeed, not at a full disk
@@ -48,12 +48,12 @@ class Ingestor:
         except OSError as exc:
             raise self._refused(instance, f"spool write failed: {exc.strerror or exc}") from exc
         # The same fields by design: db may not import dicom_io, so it has its own record type.
-        record = queries.ReceivedRecord(**asdict(self._with_sender_priority(header, instance.calling_ae)),
+        record = ReceivedRecord(**asdict(self._with_sender_priority(header, instance.calling_ae)),
                                         spool_path=str(path), size_bytes=len(instance.data),
                                         calling_ae=instance.calling_ae)
         try:
             with self.sessions.begin() as session:
-                item = queries.record_received(session, record)
+                item = record_received(session, record)
         except SQLAlchemyError as exc:
             if not known:  # nothing refers to the new file: the sender keeps its copy and will resend it
                 path.unlink(missing_ok=True)
@@ -67,7 +67,7 @@ class Ingestor:
         is the problem, and the sender still has it."""
         try:
             with self.sessions.begin() as session:
-                queries.record_rejection(session, calling_ae=instance.calling_ae, peer=instance.peer,
+                record_rejection(session, calling_ae=instance.calling_ae, peer=instance.peer,
                                          status=STATUS_OUT_OF_RESOURCES, reason=reason, payload_path=None,
                                          size_bytes=len(instance.data))
         except SQLAlchemyError as exc:
@@ -91,7 +91,7 @@ class Ingestor:
             log.error("could not keep a refused payload: %s", exc)
             payload_path = None
         with self.sessions.begin() as session:
-            queries.record_rejection(
+            record_rejection(
                 session,
                 calling_ae=rejected.calling_ae,
                 peer=rejected.peer,

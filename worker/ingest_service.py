@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from db import queries
 from db.engine import open_database
+from db.ingest import WorkItem
 from dicom_io.files import encoded_file
 from dicom_io.listener import Listener, ListenerConfig, OutOfResources, ReceivedInstance, parse_received
 from dicom_io.spool import Spool
@@ -54,7 +54,7 @@ class IngestService:
             self.listener.stop()
         self.engine.dispose()
 
-    def import_file(self, path: Path) -> queries.WorkItem | None:
+    def import_file(self, path: Path) -> WorkItem | None:
         """Backfill one file through the same commit point as a C-STORE; None when it is not DICOM we can file."""
         try:
             data = encoded_file(path)

@@ -15,7 +15,7 @@ from celery import Celery
 from kombu.exceptions import ChannelError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import queries
+from db.ingest import WorkItem, mark_queued, queued_count, stranded
 from worker.celery_app import CLASSIFY_TASK
 from worker.config import WorkerConfig
 
@@ -41,7 +41,7 @@ class TaskPublisher:
             log.warning("queue depth unknown (%s)", type(exc).__name__)
             return None
 
-    def __call__(self, item: queries.WorkItem) -> None:
+    def __call__(self, item: WorkItem) -> None:
         try:
             self.celery.send_task(CLASSIFY_TASK, args=[item.instance_id, item.receive_count])
         except Exception as exc:  # broker down: the instance stays RECEIVED and the sweeper retries
@@ -50,7 +50,7 @@ class TaskPublisher:
             return
         try:
             with self.sessions.begin() as session:
-                queries.mark_queued(session, item)
+                mark_queued(session, item)
         except Exception as exc:
             log.warning("instance %d queued but not marked (%s)", item.instance_id, type(exc).__name__)
 
@@ -71,7 +71,7 @@ class OutboxSweeper:
         depth = self.publish.queue_depth(self.config.queue)
         with self.sessions.begin() as session:
             queued_before = self._queued_before(session, depth, now, requeue_before)
-            items = queries.stranded(
+            items = stranded(
                 session,
                 received_before=now - timedelta(seconds=self.config.received_grace_s),
                 started_before=requeue_before,
@@ -93,7 +93,7 @@ class OutboxSweeper:
         asked: the age rule (``requeue_after_s``)."""
         if depth == 0:
             return now - timedelta(seconds=self.config.received_grace_s)
-        if depth is not None and depth >= queries.queued_count(session):
+        if depth is not None and depth >= queued_count(session):
             return datetime.min.replace(tzinfo=UTC)
         return requeue_before
 

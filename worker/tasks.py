@@ -1,4 +1,5 @@
-"""Celery tasks. The pipeline (database sessions and the model) is built on a task's first run in a process."""
+"""Celery tasks. The pipeline (the worker's database sessions, and the model it registered, loaded) is built on a
+task's first run in a process."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class PipelineTask(Task):
     @property
     def pipeline(self) -> Pipeline:
         if self._pipeline is None:
-            self._pipeline = Pipeline(self.app.conf.triage)
+            resources = self.app.conf.triage_resources  # worker.celery_worker.WorkerResources
+            self._pipeline = Pipeline(self.app.conf.triage, resources.sessions, resources.model)
         return self._pipeline
 
 

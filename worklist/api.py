@@ -5,20 +5,35 @@ from __future__ import annotations
 import inspect
 from datetime import date
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.audit import audit_events
+from db.model_registry import model_versions
+from db.worklist import (
+    OrderPriority,
+    PatientSex,
+    WorklistFilter,
+    WorklistSort,
+    WorklistStatus,
+    instance_image_path,
+    set_read,
+    study_exists,
+    study_version,
+    worklist,
+    worklist_total,
+    worklist_version,
+)
 from worklist import schemas
 from worklist.auth import identity
 from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session
 from worklist.openapi import FORBIDDEN, errors, problem
 from worklist.problems import Problem
-from worklist.views import notices, study_body, with_viewer_url
+from worklist.views import notices, study_body, worklist_item
 
 router = APIRouter(prefix="/api")  # each route names its tag (worklist, studies, images, model)
 NO_STUDY = (404, problem("No such study"))
@@ -44,7 +59,7 @@ class WorklistQuery:
     def __init__(
         self,
         request: Request,
-        status: queries.WorklistStatus | None = Query(
+        status: WorklistStatus | None = Query(
             None, description="PENDING, DONE, NOT_ANALYSED (includes FAILED) or FAILED"),
         flagged: bool | None = Query(None, description="Only flagged (true) or only unflagged (false) studies"),
         read: bool | None = Query(None, description="Only read (true) or only unread (false) studies"),
@@ -56,8 +71,8 @@ class WorklistQuery:
                               description="Words that must all occur in patient name, patient ID or accession"),
         modality: str | None = Query(None, max_length=16, pattern=TEXT_PATTERN,
                                      description="Only this modality (CR, DX…; case ignored)"),
-        sex: queries.PatientSex | None = Query(None, description="Only this patient sex (M, F or O)"),
-        priority: queries.OrderPriority | None = Query(
+        sex: PatientSex | None = Query(None, description="Only this patient sex (M, F or O)"),
+        priority: OrderPriority | None = Query(
             None, description="Only this order priority (from the file, or the sender's rule "
                               "TRIAGE_PRIORITY_BY_CALLING_AET)"),
         age_min: int | None = Query(None, ge=0, le=200, description="Patient at least this old (years); studies of "
@@ -66,15 +81,15 @@ class WorklistQuery:
                                                                      "unknown age are left out"),
         institution: str | None = Query(None, max_length=200, pattern=TEXT_PATTERN,
                                         description="Text that must occur in the institution name (case ignored)"),
-        sort: queries.WorklistSort = Query(queries.WorklistSort.PRIORITY, description=SORT_DESCRIPTION),
+        sort: WorklistSort = Query(WorklistSort.PRIORITY, description=SORT_DESCRIPTION),
         limit: int = Query(200, ge=1, le=1000),
         offset: int = Query(0, ge=0, le=1_000_000_000),
     ) -> None:
-        self.filters = dict(status=status.value if status else None, flagged=flagged, read=read,
-                            received_from=received_from, received_to=received_to, text=q,
-                            zone=request.app.state.zone, modality=modality, sex=sex.value if sex else None,
-                            priority=priority.value if priority else None, age_min=age_min, age_max=age_max,
-                            institution=institution)
+        self.filters = WorklistFilter(
+            status=status.value if status else None, flagged=flagged, read=read, received_from=received_from,
+            received_to=received_to, text=q, zone=request.app.state.zone, modality=modality,
+            sex=sex.value if sex else None, priority=priority.value if priority else None, age_min=age_min,
+            age_max=age_max, institution=institution)
         self.sort, self.limit, self.offset = sort, limit, offset
         self.borderline_band: float = request.app.state.borderline_band
         self.viewer_url_template: str = request.app.state.viewer_url_template
@@ -92,22 +107,17 @@ def refuse_unknown_parameters(request: Request) -> None:
 WORKLIST_PARAMETERS = frozenset(inspect.signature(WorklistQuery.__init__).parameters) - {"self", "request"}
 
 
-def worklist_body(db: Session, params: WorklistQuery) -> dict[str, Any]:
-    entries = queries.worklist(db, **params.filters, sort=params.sort, limit=params.limit, offset=params.offset,
-                               borderline_band=params.borderline_band)
-    return {
-        **notices(db),
-        "total": queries.worklist_total(db, **params.filters),
-        "limit": params.limit,
-        "offset": params.offset,
-        "sort": params.sort.value,
-        "items": [with_viewer_url(entry.to_dict(), params.viewer_url_template) for entry in entries],
-    }
+def worklist_body(db: Session, params: WorklistQuery) -> schemas.Worklist:
+    entries = worklist(db, params.filters, sort=params.sort, limit=params.limit, offset=params.offset,
+                       borderline_band=params.borderline_band)
+    return schemas.Worklist(**notices(db), total=worklist_total(db, params.filters), limit=params.limit,
+                            offset=params.offset, sort=params.sort.value,
+                            items=[worklist_item(entry, params.viewer_url_template) for entry in entries])
 
 
 @router.get("/worklist", response_model=schemas.Worklist, responses=ERRORS, tags=["worklist"],
             operation_id="getWorklist", summary="The prioritized worklist (filters, sort, paging)")
-def api_worklist(request: Request, who: Identity, db: Db, params: WorklistQuery = Depends()) -> dict[str, Any]:
+def api_worklist(request: Request, who: Identity, db: Db, params: WorklistQuery = Depends()) -> schemas.Worklist:
     """Every study, by default in the triage order (see the ``sort`` parameter): unread flagged STAT studies, the
     other unread flagged studies newest flag first, unread unflagged studies (STAT first, then arrival order), then
     read studies. Each item carries its context (age, sex, modality, institution, station, order priority), whether
@@ -122,14 +132,14 @@ def api_worklist(request: Request, who: Identity, db: Db, params: WorklistQuery 
             tags=["worklist"], operation_id="getWorklistVersion",
             summary="A token that changes when the worklist may have changed (poll it, then fetch the list)")
 def api_worklist_version(_who: Identity, db: Db) -> dict[str, str]:
-    return {"version": queries.worklist_version(db)}
+    return {"version": worklist_version(db)}
 
 
 @router.get("/studies/{study_uid}/version", response_model=schemas.StudyVersion, responses=NOT_FOUND,
             tags=["studies"], operation_id="getStudyVersion",
             summary="A token that changes when the study's result, read state or images may have changed")
 def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, str]:
-    version = queries.study_version(db, study_uid)
+    version = study_version(db, study_uid)
     if version is None:
         raise Problem(404, "study not found")
     return {"version": version}
@@ -138,7 +148,7 @@ def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, 
 @router.get("/studies/{study_uid}", response_model=schemas.StudyDetail, responses=NOT_FOUND,
             tags=["studies"], operation_id="getStudy",
             summary="One study with each image's score, decision and picture links (the read is audited)")
-def api_study(request: Request, study_uid: StudyUid, who: Identity, db: Db) -> dict[str, Any]:
+def api_study(request: Request, study_uid: StudyUid, who: Identity, db: Db) -> schemas.StudyDetail:
     body = study_body(db, study_uid, "/api", request.app.state.borderline_band, request.app.state.viewer_url_template)
     audit(request, who, "api", study_uid)
     return body
@@ -146,7 +156,7 @@ def api_study(request: Request, study_uid: StudyUid, who: Identity, db: Db) -> d
 
 def image_response(request: Request, db: Session, who: str, study_uid: str, sop_uid: str, kind: str
                    ) -> FileResponse:
-    path = queries.instance_image_path(db, study_uid, sop_uid, kind)
+    path = instance_image_path(db, study_uid, sop_uid, kind)
     if not path or not FilePath(path).is_file():
         raise Problem(404, f"no {kind} for this image (not analysed, not finished, or not written)")
     audit(request, who, "image", study_uid, f"{kind} {sop_uid}")
@@ -176,44 +186,43 @@ def api_heatmap(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid,
     return image_response(request, db, who, study_uid, sop_instance_uid, "heatmap")
 
 
-def set_read(request: Request, study_uid: str, who: str, read: bool) -> dict[str, Any]:
+def mark(request: Request, study_uid: str, who: str, read: bool) -> schemas.ReadState:
     with request.app.state.sessions.begin() as session:
-        study = queries.set_read(session, study_uid, read=read, actor=who)
+        study = set_read(session, study_uid, read=read, actor=who)
         if study is None:
             raise Problem(404, "study not found")
-        return {"study_uid": study_uid, "read": study.read_at is not None, "read_at": study.read_at,
-                "read_by": study.read_by}
+        return schemas.ReadState(study_uid=study_uid, read=study.read_at is not None, read_at=study.read_at,
+                                 read_by=study.read_by)
 
 
 @router.put("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=CHANGE, tags=["studies"],
             operation_id="markStudyRead",
             summary="Mark read: the study drops to the bottom of its group (it never leaves the list)")
-def api_mark_read(request: Request, study_uid: StudyUid, who: Identity) -> dict[str, Any]:
-    return set_read(request, study_uid, who, True)
+def api_mark_read(request: Request, study_uid: StudyUid, who: Identity) -> schemas.ReadState:
+    return mark(request, study_uid, who, True)
 
 
 @router.delete("/studies/{study_uid}/read", response_model=schemas.ReadState, responses=CHANGE,
                tags=["studies"], operation_id="markStudyUnread", summary="Mark unread")
-def api_mark_unread(request: Request, study_uid: StudyUid, who: Identity) -> dict[str, Any]:
-    return set_read(request, study_uid, who, False)
+def api_mark_unread(request: Request, study_uid: StudyUid, who: Identity) -> schemas.ReadState:
+    return mark(request, study_uid, who, False)
 
 
 @router.get("/studies/{study_uid}/audit", response_model=list[schemas.AuditEvent], responses=NOT_FOUND,
             tags=["studies"], operation_id="getStudyAudit", summary="Who read this study, and when (newest first)")
 def api_study_audit(study_uid: StudyUid, _who: Identity, db: Db,
-                    limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-    if not queries.study_exists(db, study_uid):
+                    limit: int = Query(100, ge=1, le=1000)) -> list[schemas.AuditEvent]:
+    if not study_exists(db, study_uid):
         raise Problem(404, "study not found")
-    return queries.audit_events(db, study_uid=study_uid, limit=limit)
+    return [schemas.AuditEvent.model_validate(event) for event in audit_events(db, study_uid=study_uid, limit=limit)]
 
 
 @router.get("/models", response_model=schemas.Models, responses=errors(invalid=False), tags=["model"],
             operation_id="getModels",
             summary="The models that produced results, with their training metadata and thresholds")
-def api_models(request: Request, _who: Identity, db: Db) -> dict[str, Any]:
-    return {**notices(db),
-            "model_card_available": _model_card(request) is not None,
-            "models": queries.model_versions(db)}
+def api_models(request: Request, _who: Identity, db: Db) -> schemas.Models:
+    return schemas.Models(**notices(db), model_card_available=_model_card(request) is not None,
+                          models=model_versions(db))
 
 
 def _model_card(request: Request) -> FilePath | None:

@@ -17,8 +17,8 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from db import queries
 from db.engine import open_database
+from db.worklist import DEFAULT_BORDERLINE_BAND
 from worklist import api, docs, metrics, openapi, operations, pages, problems
 from worklist.auth import Tokens, parse_tokens
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, check_viewer_template, jinja_filters
@@ -48,7 +48,8 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
                model_card: Path | None = None, timezone: str = "UTC",
                spool_disk_used: Callable[[], float] | None = None, disk_watermark_percent: float = 90.0,
                worker_restarts: Callable[[], int] | None = None, broker_ok: Callable[[], bool] | None = None,
-               borderline_band: float = queries.DEFAULT_BORDERLINE_BAND, viewer_url_template: str = "") -> FastAPI:
+               borderline_band: float = DEFAULT_BORDERLINE_BAND, viewer_url_template: str = "",
+               software_version: str = "unknown") -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
     (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
     must only listen on loopback (``triage.cli.web_server`` enforces that). ``timezone`` (IANA) is the site's:
@@ -57,7 +58,8 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     ``disk_watermark_percent``; ``worker_restarts`` (single-machine form) counts the worker's restarts;
     ``broker_ok`` (a quick, bounded connect to the Celery broker) makes /healthz and /metrics report the broker.
     ``viewer_url_template`` (TRIAGE_VIEWER_URL, placeholders {study_uid}, {accession}, {patient_id}) links every
-    study to the site's image viewer; empty = no viewer links."""
+    study to the site's image viewer; empty = no viewer links. ``software_version`` (the installed package's, from
+    the composition root) is what /metrics reports as the build."""
     engine, sessions = open_database(database_url)
     app = FastAPI(
         title="cxr-triage worklist",
@@ -83,7 +85,8 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.model_card_path = Path(model_card) if model_card is not None else None  # from the composition root
     app.state.probes = operations.Probes(spool_disk_used=spool_disk_used, disk_watermark_percent=disk_watermark_percent,
                                          broker_ok=broker_ok, worker_restarts=worker_restarts)
-    app.state.metrics_registry = metrics.make_registry(sessions, spool_disk_used, disk_watermark_percent, broker_ok)
+    app.state.metrics_registry = metrics.make_registry(sessions, spool_disk_used, disk_watermark_percent, broker_ok,
+                                                       software_version)
     problems.install(app)
 
     @app.middleware("http")

@@ -11,7 +11,7 @@ from fastapi import Path, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from db import queries
+from db.audit import record_audit
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def audit(request: Request, actor: str, action: str, study_uid: str | None = Non
     """Write one audit row in its own transaction (the read it records has happened either way)."""
     try:
         with request.app.state.sessions.begin() as session:
-            queries.record_audit(session, actor=actor, action=action, study_uid=study_uid,
+            record_audit(session, actor=actor, action=action, study_uid=study_uid,
                                  detail=detail or f"{request.method} {request.url.path}")
     except SQLAlchemyError:
         # An unrecorded read must not pass silently: refuse to answer instead.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -25,7 +24,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import heartbeats, operations, queries, reports
+from db import heartbeats, model_registry, reports
+from db import metrics as db_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,7 @@ REJECTION_REASONS = {0xA700: "out_of_resources", 0xC210: "cannot_parse", 0xC211:
                      0xC212: "invalid_identifier"}
 
 
-def package_version() -> str:
-    try:
-        return version("cxr-triage")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
-
-
-def _buckets(histogram: queries.HistogramCounts) -> list[tuple[str, float]]:
+def _buckets(histogram: db_metrics.HistogramCounts) -> list[tuple[str, float]]:
     return [(repr(float(bound)), float(count)) for bound, count in histogram.buckets] + [
         ("+Inf", float(histogram.count))]
 
@@ -53,23 +46,23 @@ def _buckets(histogram: queries.HistogramCounts) -> list[tuple[str, float]]:
 class Reading:
     """Everything one scrape reads, in one session."""
 
-    snap: queries.MetricsSnapshot
+    snap: db_metrics.MetricsSnapshot
     workers: heartbeats.WorkerLiveness
     deliveries: dict[tuple[str, str], int]
-    flags: dict[str, operations.ModelFlags]
+    flags: dict[str, db_metrics.ModelFlags]
     not_analysed: dict[str, int]
     rejections: dict[int, int]
     unread_flagged_age_s: float
-    models: list[operations.RegisteredModel]
+    models: list[model_registry.RegisteredModel]
 
 
 def read(sessions: sessionmaker[Session]) -> Reading:
     with sessions() as session:
-        return Reading(queries.metrics_snapshot(session, LATENCY_BUCKETS_S, SCORE_BUCKETS),
+        return Reading(db_metrics.metrics_snapshot(session, LATENCY_BUCKETS_S, SCORE_BUCKETS),
                        heartbeats.liveness(session), reports.delivery_counts(session),
-                       operations.flags_by_model_version(session), operations.not_analysed_by_reason(session),
-                       operations.rejections_by_status(session), operations.unread_flagged_age_s(session),
-                       operations.registered_models(session))
+                       db_metrics.flags_by_model_version(session), db_metrics.not_analysed_by_reason(session),
+                       db_metrics.rejections_by_status(session), db_metrics.unread_flagged_age_s(session),
+                       model_registry.registered_models(session))
 
 
 def _workers(reading: Reading) -> Iterator[Metric]:
@@ -182,14 +175,17 @@ class DatabaseCollector(Collector):
 
 
 class BuildCollector(Collector):
-    """What is running: the package version (constant for the process)."""
+    """What is running: the package version (constant for the process, handed in by the composition root)."""
+
+    def __init__(self, software_version: str) -> None:
+        self.software_version = software_version
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
         yield InfoMetricFamily(f"{PREFIX}_build", "The cxr-triage package serving this endpoint.",
-                               value={"version": package_version()})
+                               value={"version": self.software_version})
 
 
 class ProbeCollector(Collector):
@@ -217,10 +213,10 @@ class ProbeCollector(Collector):
 
 
 def make_registry(sessions: sessionmaker[Session], spool_disk_used: Callable[[], float] | None = None,
-                  disk_watermark_percent: float = 90.0, broker_ok: Callable[[], bool] | None = None
-                  ) -> CollectorRegistry:
+                  disk_watermark_percent: float = 90.0, broker_ok: Callable[[], bool] | None = None,
+                  software_version: str = "unknown") -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BuildCollector())
+    registry.register(BuildCollector(software_version))
     registry.register(DatabaseCollector(sessions))
     registry.register(ProbeCollector(broker_ok, spool_disk_used, disk_watermark_percent))
     return registry

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, timedelta, tzinfo
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
@@ -19,8 +19,24 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from db import queries, web_sessions
+from db import web_sessions
+from db.model_registry import model_versions, untrained_models_in_use
 from db.models import utcnow
+from db.worklist import (
+    EVERY_STUDY,
+    OrderPriority,
+    PatientSex,
+    WorklistEntry,
+    WorklistFilter,
+    WorklistSort,
+    WorklistStatus,
+    set_read,
+    study_version,
+    worklist,
+    worklist_modalities,
+    worklist_total,
+    worklist_version,
+)
 from worklist.auth import COOKIE_MAX_AGE_S, COOKIE_NAME, Tokens, identity
 from worklist.deps import StudyUid, audit, db_session
 from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, age_sex, age_sex_words, status_text, viewer_url
@@ -51,7 +67,7 @@ FILTER_OPTIONS = {
     "status": [("", "all"), *STATUS_LABELS.items()],
     "read": [("", "all"), ("unread", "unread"), ("read", "read")],
     "sex": [("", "all"), ("F", "F"), ("M", "M"), ("O", "O")],
-    "priority": [("", "all"), *((p.value, p.value) for p in queries.OrderPriority)],
+    "priority": [("", "all"), *((p.value, p.value) for p in OrderPriority)],
     "sort": list(SORT_LABELS.items()),
     "per_page": [(str(n), str(n)) for n in PER_PAGE_CHOICES],
 }
@@ -62,39 +78,41 @@ class PageQuery:
     """The worklist page's query string, read leniently: a bad value is ignored and said so, never a 422."""
 
     values: dict[str, str] = field(default_factory=dict)  # what the form shows
-    filters: dict[str, Any] = field(default_factory=dict)  # for db.queries
-    sort: queries.WorklistSort = queries.WorklistSort.PRIORITY
+    filters: WorklistFilter = EVERY_STUDY
+    sort: WorklistSort = WorklistSort.PRIORITY
     page: int = 1
     per_page: int = 50
     problems: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, params: dict[str, str], zone: tzinfo = UTC) -> PageQuery:
-        query = cls(filters={"zone": zone})
+        query = cls()
+        criteria: dict[str, Any] = {"zone": zone}  # the WorklistFilter's fields
         get = lambda key: _CONTROL.sub("", params.get(key, "")).strip()[:200]  # noqa: E731
         flag, status, read = get("flag"), get("status").upper(), get("read")
-        query.filters["flagged"] = {"flagged": True, "not_flagged": False}.get(flag)
-        query.values["flag"] = flag if query.filters["flagged"] is not None else ""
-        query.filters["status"] = status if status in queries.WorklistStatus.__members__ else None
-        query.values["status"] = query.filters["status"] or ""
-        query.filters["read"] = {"read": True, "unread": False}.get(read)
-        query.values["read"] = read if query.filters["read"] is not None else ""
+        criteria["flagged"] = {"flagged": True, "not_flagged": False}.get(flag)
+        query.values["flag"] = flag if criteria["flagged"] is not None else ""
+        criteria["status"] = status if status in WorklistStatus.__members__ else None
+        query.values["status"] = criteria["status"] or ""
+        criteria["read"] = {"read": True, "unread": False}.get(read)
+        query.values["read"] = read if criteria["read"] is not None else ""
         for key, label in (("received_from", "received from"), ("received_to", "received to")):
             raw = get(key)
-            query.filters[key] = None
+            criteria[key] = None
             query.values[key] = ""
             if raw:
                 try:
-                    query.filters[key] = date.fromisoformat(raw)
+                    criteria[key] = date.fromisoformat(raw)
                     query.values[key] = raw
                 except ValueError:
                     query.problems.append(f"“{raw}” is not a date (YYYY-MM-DD): the {label} filter is ignored")
-        query.filters["text"] = get("q") or None
+        criteria["text"] = get("q") or None
         query.values["q"] = get("q")
-        query._parse_context(get)
+        query._parse_context(get, criteria)
+        query.filters = WorklistFilter(**criteria)
         sort = get("sort")
-        if sort in {s.value for s in queries.WorklistSort}:
-            query.sort = queries.WorklistSort(sort)
+        if sort in {s.value for s in WorklistSort}:
+            query.sort = WorklistSort(sort)
         query.values["sort"] = query.sort.value
         query.per_page = int(get("per_page")) if get("per_page") in {str(n) for n in PER_PAGE_CHOICES} else 50
         query.values["per_page"] = str(query.per_page)
@@ -102,23 +120,27 @@ class PageQuery:
         query.page = min(int(page), 1_000_000) if page.isdecimal() and int(page) >= 1 else 1
         return query
 
-    def _parse_context(self, get: Any) -> None:
+    def _parse_context(self, get: Any, criteria: dict[str, Any]) -> None:
         """Modality, sex, priority, age range and institution, as the API names them."""
         sex, priority = get("sex").upper(), get("priority").upper()
-        choices = (("sex", sex, queries.PatientSex.__members__), ("priority", priority,
-                                                                   queries.OrderPriority.__members__))
+        choices = (("sex", sex, PatientSex.__members__), ("priority", priority, OrderPriority.__members__))
         for key, value, allowed in choices:
-            self.filters[key] = value if value in allowed else None
-            self.values[key] = self.filters[key] or ""
+            criteria[key] = value if value in allowed else None
+            self.values[key] = criteria[key] or ""
         for key in ("modality", "institution"):
-            self.filters[key] = get(key) or None
+            criteria[key] = get(key) or None
             self.values[key] = get(key)
         for key, label in (("age_min", "minimum age"), ("age_max", "maximum age")):
             raw = get(key)
-            self.filters[key] = int(raw) if raw.isdecimal() and int(raw) <= 200 else None
-            self.values[key] = raw if self.filters[key] is not None else ""
-            if raw and self.filters[key] is None:
+            criteria[key] = int(raw) if raw.isdecimal() and int(raw) <= 200 else None
+            self.values[key] = raw if criteria[key] is not None else ""
+            if raw and criteria[key] is None:
                 self.problems.append(f"“{raw}” is not an age in years: the {label} filter is ignored")
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any criterion is set (an empty list then says its filters match nothing, not that none came)."""
+        return self.filters != replace(EVERY_STUDY, zone=self.filters.zone)
 
     def link(self, **overrides: Any) -> str:
         """A query string for this view with some values changed (empty values left out)."""
@@ -132,11 +154,12 @@ class PageQuery:
         return urlencode({k: v for k, v in values.items() if v})
 
 
-def _common(request: Request, db: Session, who: str, untrained: bool | None = None) -> dict[str, Any]:
-    """What every page shows around its content (``untrained``: already known to the caller, else looked up)."""
+def _page_frame(request: Request, db: Session, who: str, untrained: bool | None = None) -> dict[str, Any]:
+    """What every page shows around its content: the notices, who is signed in, the form token, the poll interval
+    (``untrained``: already known to the caller, else looked up)."""
     tokens: Tokens = request.app.state.tokens
     if untrained is None:
-        untrained = queries.untrained_models_in_use(db)
+        untrained = untrained_models_in_use(db)
     return {"notice": TRIAGE_NOTICE, "untrained": untrained, "untrained_notice": UNTRAINED_NOTICE,
             "identity": who, "tokens_enabled": tokens.enabled, "csrf": tokens.csrf_token(who),
             "poll_ms": int(request.app.state.poll_interval_s * 1000)}
@@ -150,23 +173,23 @@ def _html(request: Request, template: str, context: dict[str, Any], status_code:
 def worklist_page(request: Request, who: str = Depends(identity), db: Session = Depends(db_session)
                   ) -> HTMLResponse:
     query = PageQuery.parse(dict(request.query_params), request.app.state.zone)
-    total = queries.worklist_total(db, **query.filters)
+    total = worklist_total(db, query.filters)
     pages = max(1, -(-total // query.per_page))
     query.page = min(query.page, pages)
     offset = (query.page - 1) * query.per_page
-    entries = queries.worklist(db, **query.filters, sort=query.sort, limit=query.per_page, offset=offset,
-                               borderline_band=request.app.state.borderline_band)
+    entries = worklist(db, query.filters, sort=query.sort, limit=query.per_page, offset=offset,
+                       borderline_band=request.app.state.borderline_band)
     # The tab title's count: the unread flagged studies of this list (its filters, all its pages).
-    unread_flagged = 0 if query.filters["flagged"] is False or query.filters["read"] is True else \
-        queries.worklist_total(db, **(query.filters | {"flagged": True, "read": False}))
-    modalities = queries.worklist_modalities(db)
+    unread_flagged = 0 if query.filters.flagged is False or query.filters.read is True else \
+        worklist_total(db, replace(query.filters, flagged=True, read=False))
+    modalities = worklist_modalities(db)
     if query.values["modality"] and query.values["modality"].upper() not in modalities:
         modalities.append(query.values["modality"])
     versions = sorted({e.model_version for e in entries if e.model_version})
     template = request.app.state.viewer_url_template
-    context = _common(request, db, who) | {
+    context = _page_frame(request, db, who) | {
         "entries": entries, "total": total, "query": query, "pages": pages, "offset": offset,
-        "version": queries.worklist_version(db), "status_text": status_text, "sort_labels": SORT_LABELS,
+        "version": worklist_version(db), "status_text": status_text, "sort_labels": SORT_LABELS,
         "filter_options": FILTER_OPTIONS | {"modality": [("", "all"), *((m, m) for m in modalities)]},
         "back": quote(query.link(), safe=""), "unread_flagged": unread_flagged,
         "model_versions": versions, "untrained_versions": {e.model_version for e in entries
@@ -200,8 +223,8 @@ def neighbours(db: Session, back: str, pos: int | None, study_uid: str, zone: tz
     study's entry, its place and the query string of its page; a key is absent at either end of the list."""
     query = PageQuery.parse({key: values[0] for key, values in parse_qs(back).items()}, zone)
 
-    def window(offset: int, limit: int) -> list[queries.WorklistEntry]:
-        return queries.worklist(db, **query.filters, sort=query.sort, limit=limit, offset=offset)
+    def window(offset: int, limit: int) -> list[WorklistEntry]:
+        return worklist(db, query.filters, sort=query.sort, limit=limit, offset=offset)
 
     if pos is None:
         offset = (query.page - 1) * query.per_page
@@ -212,7 +235,7 @@ def neighbours(db: Session, back: str, pos: int | None, study_uid: str, zone: tz
     start = max(0, pos - 2)
     entries = window(start, pos - start + 3)
 
-    def at(place: int) -> queries.WorklistEntry | None:
+    def at(place: int) -> WorklistEntry | None:
         return entries[place - start] if place >= 0 and 0 <= place - start < len(entries) else None
 
     # Still in its place, or moved by one (a study came or went above it)?
@@ -241,9 +264,9 @@ def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identit
     back = _clean_back(request.query_params.get("back", ""))
     pos = _clean_pos(request.query_params.get("pos"))
     near = neighbours(db, back, pos, study_uid, request.app.state.zone)
-    context = _common(request, db, who, study["untrained_model"]) | {
+    context = _page_frame(request, db, who, study.untrained_model) | {
         "study": study, "back": back, "status_text": status_text, "back_param": quote(back, safe=""),
-        "version": queries.study_version(db, study_uid), "pos": pos, "age_sex": age_sex,
+        "version": study_version(db, study_uid), "pos": pos, "age_sex": age_sex,
         "age_sex_words": age_sex_words,
         "near": {key: dict(value, href=study_link(value["entry"].study_uid, value["back"], value["pos"]))
                  for key, value in near.items()}}
@@ -264,7 +287,7 @@ async def study_read_form(request: Request, study_uid: StudyUid, who: str = Depe
     if action not in ("read", "unread"):
         raise Problem(400, "action must be read or unread")
     with request.app.state.sessions.begin() as session:
-        if queries.set_read(session, study_uid, read=action == "read", actor=who) is None:
+        if set_read(session, study_uid, read=action == "read", actor=who) is None:
             raise Problem(404, "study not found")
     return RedirectResponse(study_link(study_uid, _clean_back(form.get("back", "")), _clean_pos(form.get("pos"))),
                             status_code=303)
@@ -274,7 +297,7 @@ async def study_read_form(request: Request, study_uid: StudyUid, who: str = Depe
 def model_page(request: Request, who: str = Depends(identity), db: Session = Depends(db_session)) -> HTMLResponse:
     path = request.app.state.model_card_path
     card = path.read_text(encoding="utf-8") if path is not None and path.is_file() else None
-    context = _common(request, db, who) | {"models": queries.model_versions(db), "card": card}
+    context = _page_frame(request, db, who) | {"models": model_versions(db), "card": card}
     return _html(request, "model.html", context)
 
 

@@ -1,4 +1,7 @@
-"""What the REST API returns, as pydantic models: FastAPI documents them in the OpenAPI schema."""
+"""What the REST API returns, as pydantic models: FastAPI documents them in the OpenAPI schema.
+
+The models of database rows read them by attribute (``from_attributes``): ``WorklistItem.model_validate(entry)`` takes
+a ``db.worklist.WorklistEntry`` as it is; ``worklist.views`` adds the links a row does not carry."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from worklist.presentation import TRIAGE_NOTICE
 
 class WorklistItem(BaseModel):
     """One study on the worklist (the list's rows; the study endpoint adds its images and reports)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     study_uid: str = Field(description="Study Instance UID", examples=["1.2.826.0.1.3680043.8.498.1"])
     patient_name: str = Field(description="Patient's name as the DICOM header has it (PN, `^` between parts)")
@@ -101,6 +106,8 @@ class StudyVersion(BaseModel):
 class InstanceItem(BaseModel):
     """One received image and what became of it."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     sop_instance_uid: str = Field(description="SOP Instance UID of the image")
     sop_class_uid: str = Field(description="SOP Class UID (CR, DX or Secondary Capture storage)",
                                examples=["1.2.840.10008.5.1.4.1.1.1"])
@@ -180,6 +187,8 @@ class ReadState(BaseModel):
 class AuditEvent(BaseModel):
     """One recorded read of, or change to, a study."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     at: datetime = Field(description="When it happened (UTC)")
     actor: str = Field(description="The token's name, or loopback-demo when no token is configured")
     action: str = Field(description="view, api, image, list, mark_read or mark_unread")
@@ -189,6 +198,8 @@ class AuditEvent(BaseModel):
 
 class ModelVersion(BaseModel):
     """A model that produced results."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     sha256: str = Field(description="sha256 of the checkpoint file: the model's identity, recorded with every "
                                     "result")

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from db import queries
+from db.worklist import WorklistEntry, WorklistSort
 from worklist.presentation import (
     TRIAGE_NOTICE,
     UNTRAINED_NOTICE,
@@ -21,13 +21,13 @@ from worklist.presentation import (
 )
 
 SORT_TITLES = {
-    queries.WorklistSort.PRIORITY: "unread flagged first (STAT, then newest flag), then unread others (STAT, then "
-                                   "arrival order); read studies last",
-    queries.WorklistSort.FLAGGED_SCORE: "flagged first by score, then arrival order; read studies last in each group",
+    WorklistSort.PRIORITY: "unread flagged first (STAT, then newest flag), then unread others (STAT, then "
+                           "arrival order); read studies last",
+    WorklistSort.FLAGGED_SCORE: "flagged first by score, then arrival order; read studies last in each group",
 }
 
 
-def _flag_cell(entry: queries.WorklistEntry) -> str:
+def _flag_cell(entry: WorklistEntry) -> str:
     if entry.flag:
         return "[bold white on red]FLAGGED[/]"
     if entry.score is None:
@@ -35,7 +35,7 @@ def _flag_cell(entry: queries.WorklistEntry) -> str:
     return "not flagged (borderline)" if entry.borderline else "not flagged"
 
 
-def _context_cell(entry: queries.WorklistEntry) -> str:
+def _context_cell(entry: WorklistEntry) -> str:
     """Age/sex, priority, modality: "67 y F, STAT, CR"; "outside validated population" when the model says so."""
     age = f"{entry.patient_age_years} y" if entry.patient_age_years is not None else "age ?"
     parts = [f"{age} {entry.patient_sex or '?'}", entry.priority or "", entry.modality or ""]
@@ -43,8 +43,8 @@ def _context_cell(entry: queries.WorklistEntry) -> str:
     return text + ("; outside validated population" if entry.outside_validated_population else "")
 
 
-def print_worklist(console: Console, entries: list[queries.WorklistEntry], untrained: bool, timezone: str = "UTC",
-                   sort: queries.WorklistSort = queries.WorklistSort.PRIORITY) -> None:
+def print_worklist(console: Console, entries: list[WorklistEntry], untrained: bool, timezone: str = "UTC",
+                   sort: WorklistSort = WorklistSort.PRIORITY) -> None:
     if untrained:
         console.print(f"[bold white on red] {UNTRAINED_NOTICE} [/]")
     table = Table(title=f"Worklist ({SORT_TITLES.get(sort, 'sorted by ' + sort.value)})", caption=TRIAGE_NOTICE)

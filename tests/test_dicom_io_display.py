@@ -1,4 +1,6 @@
-"""Pixel pipeline: every encoding decodes to the same pixels, every LUT path to the right picture."""
+"""dicom_io.display (and dicom_io.files' reading): every encoding decodes to the same pixels, every LUT path to the
+right picture, MONOCHROME1 and a file's window are honoured, and pixel data that cannot make a picture ends with a
+reason, never a score. Generated and real chest radiographs."""
 
 from __future__ import annotations
 
@@ -6,18 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, JPEGBaseline8Bit
-from test_pixels_and_checks import lung_and_mediastinum
 
+from dicom_io.checks import assess
 from dicom_io.display import PixelDataError, display_image, render
 from dicom_io.files import read_dataset
 from dicom_io.synthetic import chest_dataset
 
 from conftest import SHARED_DATA, real_dicom_files
-from pixel_samples import LOSSLESS, LOSSY, dataset_from_pixels, encode, real_chest_12bit
+from pixel_samples import LOSSLESS, LOSSY, dataset_from_pixels, encode, lung_and_mediastinum, real_chest_12bit
 
 
 @pytest.fixture(scope="module")
@@ -158,40 +160,68 @@ def test_truncated_jpeg2000_gives_a_reason(chest: np.ndarray, tmp_path: Path) ->
     assert error.value.reason == "UNREADABLE_PIXEL_DATA"
 
 
-def lateral_images(limit: int = 3) -> list[Path]:
-    folders = sorted(SHARED_DATA.glob("covid-ieee8023/*_lateral"))
-    if not folders:
-        pytest.skip(f"{SHARED_DATA / 'covid-ieee8023'} lateral folders are absent")
-    return [path for folder in folders for path in sorted(folder.iterdir())[:limit]]
+def test_monochrome1_and_monochrome2_give_the_same_display_image() -> None:
+    mono2 = display_image(chest_dataset(seed=5))
+    mono1 = display_image(chest_dataset(seed=5, monochrome1=True))
+    assert mono2.dtype == np.float32 and mono2.min() >= 0.0 and mono2.max() <= 1.0
+    np.testing.assert_allclose(mono1, mono2, atol=1e-3)
+    lung, mediastinum = lung_and_mediastinum(mono2)
+    assert lung < mediastinum - 0.2
 
 
-def test_real_lateral_views_are_not_analysed(tmp_path: Path, model_path: Path) -> None:
-    """Lateral images wrapped in DICOM go through the worker's own analysis and end as 'lateral view'."""
-    from db.engine import make_engine, make_session_factory, migrate
-    from db.models import InstanceStatus
-    from worker.config import WorkerConfig
-    from worker.pipeline import Pipeline
+def test_window_from_the_file_is_applied() -> None:
+    ds = chest_dataset(seed=1)
+    full = display_image(ds)
+    ds.WindowCenter, ds.WindowWidth = 900, 200  # a narrow window on the lungs saturates the body
+    narrow = display_image(ds)
+    assert (narrow >= 0.999).mean() > (full >= 0.999).mean() + 0.3
 
-    url = f"sqlite:///{tmp_path / 'p.sqlite3'}"
-    migrate(make_engine(url))
-    config = WorkerConfig(database_url=url, broker_url="filesystem://localhost//", spool_dir=tmp_path,
-                          rejected_dir=tmp_path, queue_dir=tmp_path / "q", model_path=model_path,
-                          model_cache_dir=tmp_path, device="cpu")
-    pipeline = Pipeline(config, make_session_factory(make_engine(url)))
-    for index, source in enumerate(lateral_images()):
-        gray = np.asarray(Image.open(source).convert("L"), dtype=np.uint16)
-        ds = dataset_from_pixels((gray << 4) | (gray >> 4))
-        ds.ViewPosition = "LL"
-        path = tmp_path / f"lateral-{index}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        outcome = pipeline.analyse(path)
-        assert outcome.status == InstanceStatus.NOT_ANALYSED and outcome.reason == "LATERAL_VIEW", source.name
-    # And hostile input through the same entry point: a reason, never an exception.
-    broken = chest_dataset(rows=64, columns=48)
-    broken.PixelData = broken.PixelData[:100]
-    broken.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
-    outcome = pipeline.analyse(tmp_path / "broken.dcm")
-    assert outcome.status == InstanceStatus.FAILED and outcome.reason == "UNREADABLE_PIXEL_DATA"
-    (tmp_path / "garbage.dcm").write_bytes(b"\0" * 10)
-    garbage = pipeline.analyse(tmp_path / "garbage.dcm")
-    assert garbage.status == InstanceStatus.FAILED and garbage.reason == "UNREADABLE_DICOM"
+
+def test_real_files_give_lungs_darker_than_the_mediastinum() -> None:
+    for path in real_dicom_files():
+        if path.name == "Fake_MONOHR1.dcm":
+            continue  # its MONOCHROME1 tag is wrong on purpose (issue "pixel pipeline" detects it)
+        image = display_image(read_dataset(path))
+        lung, mediastinum = lung_and_mediastinum(image)
+        assert lung < mediastinum, f"{path.name}: lung {lung:.2f} vs mediastinum {mediastinum:.2f}"
+
+
+def test_missing_and_truncated_pixels_raise_a_reason() -> None:
+    ds = chest_dataset(with_pixels=False)
+    assert assess(ds).reason == "NO_PIXEL_DATA"
+    truncated = chest_dataset()
+    truncated.PixelData = truncated.PixelData[:1000]
+    with pytest.raises(PixelDataError) as error:
+        display_image(truncated)
+    assert error.value.reason == "UNREADABLE_PIXEL_DATA"
+
+
+def test_file_without_meta_is_read_with_its_transfer_syntax() -> None:
+    path = next((p for p in real_dicom_files() if p.name == "CR-MONO1-10-chest.dcm"), None)
+    if path is None:
+        pytest.skip("CR-MONO1-10-chest.dcm is not in ../shared/data/dicom")
+    from pydicom.errors import InvalidDicomError
+
+    with pytest.raises(InvalidDicomError):
+        dcmread(path)  # plain pydicom refuses it
+    ds = read_dataset(path)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert display_image(ds).shape == (440, 440)
+
+
+@pytest.mark.parametrize("changes", [
+    {"WindowCenter": "1e400"},  # parses as infinity: the whole display collapses
+    {"RescaleSlope": 0.0, "RescaleIntercept": 0.0},  # every value equal after the modality LUT
+    {"pixels": 1000},  # an exposure with nothing in it
+])
+def test_a_blank_display_ends_with_a_reason_not_a_score(changes: dict[str, object]) -> None:
+    ds = chest_dataset(rows=64, columns=48)
+    for keyword, value in changes.items():
+        if keyword == "pixels":
+            ds.PixelData = np.full((64, 48), value, dtype=np.uint16).tobytes()
+        else:
+            setattr(ds, keyword, value)
+    with pytest.raises(PixelDataError) as raised:
+        display_image(ds)
+    assert raised.value.reason == "BLANK_IMAGE"
+    display_image(chest_dataset(rows=64, columns=48))  # the same film with sane values is an image
