@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test lint venv bench clean
+.PHONY: demo test lint venv bench clean images
 
 venv: $(STAMP)
 
@@ -24,6 +24,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# The fleet's images where no registry can be reached (README: "Running a fleet with docker compose"): the Debian
+# base by debootstrap (only when missing), cxr-triage on it with this host's pip sources, Redis and PostgreSQL from
+# Debian's packages. Prints how long each took and each image's size. IMAGES="app" rebuilds one only.
+images:
+	bash deploy/docker/build-images.sh $(IMAGES)
 
 clean:
 	rm -rf var test-output

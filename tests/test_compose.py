@@ -1,7 +1,9 @@
 """docker-compose.yml, Dockerfile and .dockerignore agree with the code they deploy.
 
 Docker is not needed: the files are parsed and checked against the Typer CLI, the Settings class and
-pyproject.toml, so a renamed command, option or setting breaks a test here instead of a deployment.
+pyproject.toml, so a renamed command, option or setting breaks a test here instead of a deployment. The same checks
+cover docker-compose.offline.yml, the override for hosts without a registry or a bridge; tests/test_fleet_docker.py
+builds and runs the fleet for real.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import yaml  # dev extra; a missing yaml should fail loudly, not skip these chec
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+PORTS_FILE = ROOT / "docker-compose.override.yml"  # read with COMPOSE_FILE when no -f is given: published ports
+OFFLINE_FILE = ROOT / "docker-compose.offline.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PYPROJECT = ROOT / "pyproject.toml"
@@ -73,16 +77,30 @@ def _interpolate(node: Any, env: dict[str, str]) -> Any:
     return node
 
 
-def _raw_compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
-    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+def _raw_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), f"{path.name} is not a mapping"
     return data
+
+
+def _merge(base: Any, over: Any, key: str = "") -> Any:
+    """Compose's merge of a later file over an earlier one: mappings key by key; ports and volumes add up."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        merged = dict(base)
+        for name, value in over.items():
+            merged[name] = _merge(base[name], value, name) if name in base else value
+        return merged
+    if isinstance(base, list) and isinstance(over, list) and key in {"ports", "expose", "volumes"}:
+        return base + over
+    return over
 
 
 @pytest.fixture(scope="module")
 def raw_compose() -> dict[str, Any]:
-    """The compose file as YAML (anchors and merge keys resolved), before variable substitution."""
-    return _raw_compose()
+    """docker-compose.yml with docker-compose.override.yml over it, as `docker compose` reads them without -f, as
+    YAML (anchors and merge keys resolved), before variable substitution."""
+    merged: dict[str, Any] = _merge(_raw_compose(), _raw_compose(PORTS_FILE))
+    return merged
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +217,11 @@ def _healthcheck_text(service: dict[str, Any]) -> str:
     return " ".join(test) if isinstance(test, list) else str(test)
 
 
-def _dockerfile_instructions() -> list[tuple[str, str]]:
+def _dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
     instructions: list[tuple[str, str]] = []
     pending = ""
-    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         stripped = line.strip()
         if not pending and (not stripped or stripped.startswith("#")):
             continue
@@ -483,14 +501,27 @@ def test_dockerfile_entrypoint_is_the_console_script():
     assert scripts[entrypoint[0]] == "triage.main:app"
 
 
+def _default_base(instructions: list[tuple[str, str]]) -> str:
+    """The first FROM's image with the defaults of the ARGs before it substituted (what a plain build uses)."""
+    defaults: dict[str, str] = {}
+    for word, args in instructions:
+        if word == "ARG":
+            name, _, value = args.partition("=")
+            defaults[name.strip()] = value.strip().strip('"')
+        elif word == "FROM":
+            image = args.split()[0]
+            return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: defaults.get(m.group(1), ""), image)
+    return ""
+
+
 def test_dockerfile_runs_unprivileged_without_dev_extras():
     from packaging.requirements import Requirement
     from packaging.version import Version
 
     instructions = _dockerfile_instructions()
-    assert instructions[0][0] in {"FROM", "ARG"} and any(
-        w == "FROM" and a.startswith("python:3.11-slim") for w, a in instructions
-    ), "base image should be python:3.11-slim"
+    assert instructions[0][0] in {"FROM", "ARG"} and _default_base(instructions).startswith("python:3.11-slim"), (
+        "the default base image should be python:3.11-slim"
+    )
     users = [args for word, args in instructions if word == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must not run as root"
     env_text = " ".join(args for word, args in instructions if word == "ENV")
@@ -517,3 +548,85 @@ def test_dockerignore_keeps_context_small_and_secret_free():
     assert {"__pycache__", "**/__pycache__"} & patterns, ".dockerignore does not exclude __pycache__"
     for source in _copied_sources():
         assert source not in patterns, f".dockerignore excludes {source}, which the Dockerfile copies"
+
+
+# ------------------------------------------------------------ 5. compose 1.x and the offline override
+
+
+def test_compose_files_work_with_compose_v1():
+    for path in (COMPOSE_FILE, PORTS_FILE, OFFLINE_FILE):
+        data = _raw_compose(path)
+        assert "name" not in data, f"{path.name}: a top-level `name:` breaks docker-compose 1.x; use -p"
+        extra = set(data) - {"version", "services", "volumes", "networks", "secrets", "configs"}
+        assert all(key.startswith("x-") for key in extra), f"{path.name}: unknown top-level keys {sorted(extra)}"
+
+
+def test_dockerfile_builds_offline():
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a `# syntax=` line makes BuildKit pull an image"
+    instructions = _dockerfile_instructions()
+    assert instructions[0] == ("ARG", "BASE_IMAGE=python:3.11-slim") and ("FROM", "${BASE_IMAGE}") in instructions, (
+        "the base image is a build argument (a locally made base where no registry is reachable)"
+    )
+    args = {a.split("=")[0] for w, a in instructions if w == "ARG"}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"} <= args, "pip's sources are build arguments"
+
+
+@pytest.fixture(scope="module")
+def offline() -> dict[str, Any]:
+    return _raw_compose(OFFLINE_FILE)
+
+
+def test_offline_override_puts_every_service_on_the_host_network(offline, raw_compose):
+    services = raw_compose["services"]
+    override = offline.get("services") or {}
+    assert set(override) == set(services), (
+        f"{OFFLINE_FILE.name} must cover every service: missing {sorted(set(services) - set(override))}, "
+        f"unknown {sorted(set(override) - set(services))}"
+    )
+    for name, service in override.items():
+        assert service.get("network_mode") == "host", f"{name}: not network_mode: host (no bridge in host mode)"
+        assert "networks" not in service and "ports" not in service, f"{name}: networks/ports mean nothing in host mode"
+    assert "networks" not in offline
+    # Compose 1.x refuses published ports in host mode and an override cannot remove them: the ports live in the
+    # file that the offline form leaves out.
+    base = _raw_compose()
+    published = [name for name, service in base["services"].items() if service.get("ports")]
+    assert not published, f"docker-compose.yml publishes ports of {published}: put them in {PORTS_FILE.name}"
+    assert set(_raw_compose(PORTS_FILE)["services"]) <= set(base["services"])
+
+
+def test_offline_triage_variables_are_settings_fields(offline):
+    names = {name for text in _all_strings(offline) for name in _TRIAGE_NAME.findall(text)}
+    assert {"TRIAGE_DATABASE_URL", "TRIAGE_BROKER_URL", "TRIAGE_DICOM_PORT", "TRIAGE_WEB_PORT"} <= names
+    unknown = sorted(name for name in names if name[len(PREFIX):].lower() not in _field_names())
+    assert not unknown, f"not fields of triage.settings.Settings: {unknown}"
+
+
+def test_offline_backends_are_built_from_debian_and_reached_on_loopback(offline, monkeypatch):
+    env = {"FLEET_REDIS_PORT": "16001", "FLEET_POSTGRES_PORT": "16002", "TRIAGE_DICOM_PORT": "16003",
+           "TRIAGE_WEB_PORT": "16004", **DEPLOYER_ENV}
+    services = _interpolate(offline, env)["services"]
+    for name in ("redis", "postgres"):
+        service = services[name]
+        assert str(service["image"]).startswith("local/"), f"{name}: {service['image']} is not a locally built image"
+        build = service["build"]
+        dockerfile = ROOT / build["context"] / build["dockerfile"]
+        assert dockerfile.is_file(), f"{name}: {dockerfile} is missing"
+        assert any(w == "FROM" for w, _ in _dockerfile_instructions(dockerfile))
+        assert build.get("network") == "host" and "BASE_IMAGE" in build.get("args", {})
+    assert "16001" in _command_words(services["redis"]) and "127.0.0.1" in _command_words(services["redis"])
+    assert "16001" in _healthcheck_text(services["redis"])
+    assert services["postgres"]["environment"]["PGPORT"] == "16002"
+    assert "listen_addresses=127.0.0.1" in _command_words(services["postgres"])
+
+    for name in ("listener", "worker", "worker-cpu", "web"):
+        settings = _settings_for(_triage_env(services[name]), monkeypatch)
+        assert settings.database_url == "postgresql+psycopg://triage:triage@127.0.0.1:16002/triage", name
+        assert settings.broker_url == "redis://127.0.0.1:16001/0", name
+        assert services[name]["build"]["args"]["BASE_IMAGE"] == "local/bookworm-python:3.11"
+    listener = _settings_for(_triage_env(services["listener"]), monkeypatch)
+    assert listener.dicom_port == 16003 and "16003" in _healthcheck_text(services["listener"])
+    web = _settings_for(_triage_env(services["web"]), monkeypatch)
+    assert web.web_port == 16004 and "16004" in _healthcheck_text(services["web"])
+    assert web.web_host == "127.0.0.1", "in host mode the web page stays on loopback unless told otherwise"
