@@ -11,7 +11,17 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Instance, InstanceStatus, Rejection, Result, Study, StudyStatus, as_utc, utcnow
+from db.models import (
+    AssociationRefusal,
+    Instance,
+    InstanceStatus,
+    Rejection,
+    Result,
+    Study,
+    StudyStatus,
+    as_utc,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -283,6 +293,13 @@ def queued_count(session: Session) -> int:
     """Instances whose task was published and not yet claimed."""
     return session.scalar(select(func.count()).select_from(Instance)
                           .where(Instance.status == InstanceStatus.QUEUED)) or 0
+
+
+def record_association_refusal(session: Session, *, reason: str, calling_ae: str, called_ae: str, peer: str
+                                ) -> None:
+    """An association refused before any C-STORE (``reason``: dicom_io.listener's refusal code)."""
+    session.add(AssociationRefusal(reason=reason, calling_ae=calling_ae[:16], called_ae=called_ae[:16],
+                                   peer=peer[:64]))
 
 
 def record_rejection(session: Session, *, calling_ae: str, peer: str, status: int, reason: str,

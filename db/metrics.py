@@ -12,7 +12,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from db.model_registry import untrained_models_in_use
-from db.models import Instance, InstanceStatus, Rejection, Result, Study, as_utc, utcnow
+from db.models import AssociationRefusal, Instance, InstanceStatus, Rejection, Result, Study, as_utc, utcnow
 
 
 def counts_by_status(session: Session) -> dict[str, int]:
@@ -100,6 +100,13 @@ def rejections_by_status(session: Session) -> dict[int, int]:
     """Refused C-STOREs and imports by DIMSE status. Rejection rows are only ever added: a counter."""
     rows = session.execute(select(Rejection.status, func.count(Rejection.id)).group_by(Rejection.status))
     return {int(status): int(count) for status, count in rows}
+
+
+def association_refusals_by_reason(session: Session) -> dict[str, int]:
+    """Associations refused before any C-STORE, by reason code. Rows are only ever added: a counter."""
+    rows = session.execute(select(AssociationRefusal.reason, func.count(AssociationRefusal.id))
+                           .group_by(AssociationRefusal.reason))
+    return {str(reason): int(count) for reason, count in rows}
 
 
 def oldest_unread_flagged_received_at(session: Session) -> datetime | None:

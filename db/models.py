@@ -182,6 +182,21 @@ class Rejection(Base):
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class AssociationRefusal(Base):
+    """An association we turned away before any C-STORE (an AE title not on the allowlist, a wrong called AE
+    title, the association limit, a non-loopback caller with no allowlist): the sender's setup is wrong or we are
+    full, and a person must see who and why. Only ever added: /metrics counts them by reason."""
+
+    __tablename__ = "association_refusals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    refused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(String(32))
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    called_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer: Mapped[str] = mapped_column(String(64), default="")
+
+
 class AuditEvent(Base):
     """Every read of a study (page, API, image) and every read/unread mark: who, when, which study."""
 

@@ -65,6 +65,27 @@ class RejectedInstance:
     reason: str
 
 
+@dataclass(frozen=True)
+class RefusedAssociation:
+    """An association turned away before any C-STORE: no instance was offered, so there is nothing to keep but
+    who tried and why (``reason``: one of REFUSAL_REASONS)."""
+
+    reason: str
+    calling_ae: str
+    called_ae: str
+    peer: str
+
+
+# Why an association was refused (the A-ASSOCIATE-RJ diagnostic, or a dropped connection), as recorded and counted.
+REFUSAL_REASONS = {
+    "calling-ae-not-allowed": "calling AE title not on TRIAGE_ALLOWED_CALLING_AETS",
+    "called-ae-wrong": "called AE title is not this listener's",
+    "association-limit": "too many associations at once",
+    "user-identity": "user identity not accepted",
+    "not-loopback": "a non-loopback caller while no calling AE allowlist is set",
+}
+
+
 class Receiver(Protocol):
     """What the listener needs from the rest of the system (wired in ``worker``)."""
 
@@ -73,6 +94,23 @@ class Receiver(Protocol):
 
     def reject(self, rejected: RejectedInstance) -> None:
         """Keep a durable record of a refused instance."""
+
+    def refuse_association(self, refused: RefusedAssociation) -> None:
+        """Keep a durable record of an association turned away."""
+
+
+def refusal_reason(assoc: Association) -> str:
+    """Why pynetdicom rejected ``assoc`` (EVT_REJECTED carries no reason): its acceptor checks, in its order, the
+    last that applies winning (pynetdicom.acse.ACSE._negotiate_as_acceptor)."""
+    ae, request = assoc.ae, assoc.requestor.primitive
+    active = [other for other in ae.active_associations if other.is_acceptor]
+    if len(active) > ae.maximum_associations:
+        return "association-limit"
+    if assoc.requestor.user_identity is not None:
+        return "user-identity"
+    if ae.require_called_aet and request is not None and request.called_ae_title != assoc.acceptor.ae_title.strip():
+        return "called-ae-wrong"
+    return "calling-ae-not-allowed"
 
 
 def parse_received(data: bytes) -> InstanceHeader:
@@ -194,12 +232,36 @@ class StoreHandler:
         return status
 
 
+class RefusalRecorder:
+    """EVT_REJECTED → a log line and ``Receiver.refuse_association``; recording never breaks the listener."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    def __call__(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        request = requestor.primitive
+        self.record(RefusedAssociation(
+            reason=refusal_reason(event.assoc), calling_ae=requestor.ae_title,
+            called_ae=request.called_ae_title if request is not None else "",
+            peer=f"{requestor.address}:{requestor.port}"))
+
+    def record(self, refused: RefusedAssociation) -> None:
+        log.warning("association from %s (calling AE %r, called AE %r) refused: %s", refused.peer,
+                    refused.calling_ae, refused.called_ae, REFUSAL_REASONS.get(refused.reason, refused.reason))
+        try:
+            self.receiver.refuse_association(refused)
+        except Exception:
+            log.exception("could not record the refused association from %s", refused.peer)
+
+
 class TriageAssociationServer(ThreadedAssociationServer):
     """pynetdicom's server plus what it lacks: TCP_NODELAY, a loopback-only mode, and a time limit on the TLS
     handshake (pynetdicom's runs in the accepting thread, so one silent client would hold every other)."""
 
     loopback_only: bool = False
     handshake_timeout_s: float = 10.0
+    refusals: RefusalRecorder | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None  # listening, or serve_forever would not be asking
@@ -222,7 +284,9 @@ class TriageAssociationServer(ThreadedAssociationServer):
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
         if ipaddress.ip_address(host).is_loopback:
             return True
-        log.warning("refused connection from %s: no calling AE allowlist, so only loopback may connect", host)
+        if self.refusals is not None:
+            port = client_address[1] if isinstance(client_address, tuple) else ""
+            self.refusals.record(RefusedAssociation("not-loopback", "", "", f"{host}:{port}"))
         return False
 
 
@@ -264,6 +328,7 @@ class Listener:
         for sop_class in storage_sop_classes(config.accept_secondary_capture):
             self.ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
         self.handler = StoreHandler(receiver, self.watchdog)
+        self.refusals = RefusalRecorder(receiver)
         self.server: TriageAssociationServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -276,12 +341,14 @@ class Listener:
                if self.config.tls_cert else None)
         server = self.ae.make_server(
             (self.config.host, self.config.port),
-            evt_handlers=[(evt.EVT_C_STORE, self.handler), *self.watchdog.handlers],
+            evt_handlers=[(evt.EVT_C_STORE, self.handler), (evt.EVT_REJECTED, self.refusals),
+                          *self.watchdog.handlers],
             server_class=TriageAssociationServer,
             ssl_context=tls,
         )
         assert isinstance(server, TriageAssociationServer)
         server.loopback_only = not self.config.allowed_calling_aets
+        server.refusals = self.refusals
         self.ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() stops it
         self.server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)

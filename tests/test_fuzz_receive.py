@@ -19,6 +19,7 @@ from dicom_io.listener import (
     STATUS_MISSING_IDENTIFIER,
     STATUS_SUCCESS,
     ReceivedInstance,
+    RefusedAssociation,
     RejectedInstance,
     StoreHandler,
     parse_received,
@@ -78,6 +79,9 @@ class Recorder:
 
     def reject(self, rejected: RejectedInstance) -> None:
         self.rejected.append(rejected)
+
+    def refuse_association(self, refused: RefusedAssociation) -> None:
+        raise AssertionError("no association should be refused")
 
 
 @FUZZ

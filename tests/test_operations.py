@@ -13,16 +13,21 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_classic
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from db import heartbeats, ingest, model_registry
-from db.models import InstanceStatus, Study, WorkerHeartbeat, utcnow
+from db.models import AssociationRefusal, InstanceStatus, Study, WorkerHeartbeat, utcnow
 from db.worklist import set_read
+from dicom_io.listener import Listener, ListenerConfig
+from dicom_io.spool import Spool
 from triage.wiring import package_version
+from worker.ingest import Ingestor
 from worklist.app import create_app
 from worklist.schemas import Problem
 
 from db_records import receive
+from peers import echoscu, free_port, require_dcmtk
+from stack import wait_until
 
 TOKEN = "ops-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -155,6 +160,35 @@ def test_counters_never_go_down_when_an_instance_is_resent(client: TestClient) -
         for (name, labels), value in before.items():
             if any(name == family or name.startswith(f"{family}_") for family in monotonic):
                 assert after.get((name, labels), -1) >= value, (name, labels, value, after.get((name, labels)))
+
+
+@pytest.mark.peers
+def test_refused_associations_are_recorded_and_counted(client: TestClient, tmp_path: Path) -> None:
+    """dcmtk's echoscu with an AE title not on the allowlist, and one calling us by another name: each gets an
+    A-ASSOCIATE-RJ, a durable row and a count on /metrics by reason; an allowed sender is not counted."""
+    require_dcmtk()
+    ingestor = Ingestor(Spool(tmp_path / "spool"), sessions_of(client), tmp_path / "rejected",
+                        publish=lambda item: None)
+    listener = Listener(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), ["PACS_MAIN"]), ingestor)
+    listener.start()
+    try:
+        assert echoscu(listener.port, calling_aet="PACS_MAIN").returncode == 0
+        assert echoscu(listener.port, calling_aet="ROGUE").returncode != 0
+        assert echoscu(listener.port, calling_aet="PACS_MAIN", called_aet="OTHER").returncode != 0
+        def refusals() -> dict[tuple[tuple[str, str], ...], float] | None:
+            counts = {labels: value for (name, labels), value in scrape(client).items()
+                      if name == "cxr_triage_associations_refused_total"}
+            return counts if sum(counts.values()) >= 2 else None  # recorded just after each RJ went out
+
+        counted = wait_until(refusals, 10, "both refusals on /metrics", interval=0.1)
+    finally:
+        listener.stop()
+    assert counted == {(("reason", "calling-ae-not-allowed"),): 1, (("reason", "called-ae-wrong"),): 1}
+    with sessions_of(client)() as session:
+        rows = session.scalars(select(AssociationRefusal).order_by(AssociationRefusal.id)).all()
+        assert [(r.reason, r.calling_ae, r.called_ae, r.peer.split(":")[0]) for r in rows] == [
+            ("calling-ae-not-allowed", "ROGUE", "CXR_TRIAGE", "127.0.0.1"),
+            ("called-ae-wrong", "PACS_MAIN", "OTHER", "127.0.0.1")]
 
 
 def test_metrics_say_the_database_is_down_instead_of_failing(tmp_path: Path) -> None:

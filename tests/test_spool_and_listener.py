@@ -13,6 +13,7 @@ from dicom_io.listener import (
     ListenerConfig,
     OutOfResources,
     ReceivedInstance,
+    RefusedAssociation,
     RejectedInstance,
 )
 from dicom_io.sender import send_files
@@ -20,6 +21,7 @@ from dicom_io.spool import Spool
 from dicom_io.synthetic import chest_dataset
 
 from peers import free_port
+from stack import wait_until
 
 
 def _encoded(**attributes: object) -> bytes:
@@ -81,6 +83,7 @@ class FullReceiver:
 
     def __init__(self) -> None:
         self.attempts: list[ReceivedInstance] = []
+        self.refused: list[RefusedAssociation] = []
 
     def commit(self, instance: ReceivedInstance) -> None:
         self.attempts.append(instance)
@@ -88,6 +91,9 @@ class FullReceiver:
 
     def reject(self, rejected: RejectedInstance) -> None:
         raise AssertionError("a valid instance must not be rejected")
+
+    def refuse_association(self, refused: RefusedAssociation) -> None:
+        self.refused.append(refused)
 
 
 def test_listener_answers_out_of_resources_when_commit_fails(tmp_path: Path) -> None:
@@ -114,8 +120,9 @@ def test_a_slow_drip_sender_is_cut_off_and_the_association_limit_holds() -> None
 
     from pynetdicom import AE
 
+    receiver = FullReceiver()
     listener = Listener(ListenerConfig("CXR_TRIAGE", "127.0.0.1", free_port(), [], max_associations=2,
-                                       data_stall_timeout_s=2.0, acse_timeout_s=2.0), FullReceiver())
+                                       data_stall_timeout_s=2.0, acse_timeout_s=2.0), receiver)
     listener.start()
     try:
         # An A-ASSOCIATE-RQ announcing 200 bytes, then one byte every half second: never a complete PDU.
@@ -152,6 +159,11 @@ def test_a_slow_drip_sender_is_cut_off_and_the_association_limit_holds() -> None
             assoc.release()
         misdirected = ae.associate("127.0.0.1", listener.port, ae_title="OTHER_PACS")
         assert misdirected.is_rejected  # the called AE title must be ours
+        # Each refusal reaches the receiver with its reason (EVT_REJECTED fires just after the RJ is sent).
+        wait_until(lambda: len(receiver.refused) >= 2, 10, "two refusals recorded")
+        assert [(r.reason, r.calling_ae, r.called_ae) for r in receiver.refused] == [
+            ("association-limit", "SENDER", "CXR_TRIAGE"), ("called-ae-wrong", "SENDER", "OTHER_PACS")]
+        assert all(r.peer.startswith("127.0.0.1:") for r in receiver.refused)
     finally:
         listener.stop()
 
@@ -171,6 +183,9 @@ class SlowReceiver:
 
     def reject(self, rejected: RejectedInstance) -> None:
         raise AssertionError("nothing should be rejected")
+
+    def refuse_association(self, refused: RefusedAssociation) -> None:
+        raise AssertionError("no association should be refused")
 
 
 def test_a_slow_commit_is_not_taken_for_a_stalled_sender(tmp_path: Path) -> None:

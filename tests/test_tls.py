@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_io.listener import Listener, ListenerConfig, ReceivedInstance, RejectedInstance
+from dicom_io.listener import Listener, ListenerConfig, ReceivedInstance, RefusedAssociation, RejectedInstance
 from dicom_io.sender import send_files
 from dicom_io.synthetic import chest_dataset
 from dicom_io.tls import client_context
@@ -27,6 +27,9 @@ class Keep:
 
     def reject(self, rejected: RejectedInstance) -> None:
         raise AssertionError("nothing should be rejected")
+
+    def refuse_association(self, refused: RefusedAssociation) -> None:
+        raise AssertionError("no association should be refused")
 
 
 def _openssl(*args: str) -> None:

@@ -12,9 +12,15 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.ingest import ReceivedRecord, WorkItem, record_received, record_rejection
+from db.ingest import ReceivedRecord, WorkItem, record_association_refusal, record_received, record_rejection
 from dicom_io.header import InstanceHeader, normalise_priority
-from dicom_io.listener import STATUS_OUT_OF_RESOURCES, OutOfResources, ReceivedInstance, RejectedInstance
+from dicom_io.listener import (
+    STATUS_OUT_OF_RESOURCES,
+    OutOfResources,
+    ReceivedInstance,
+    RefusedAssociation,
+    RejectedInstance,
+)
 from dicom_io.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,15 @@ class Ingestor:
         if header.priority is not None:
             return header
         return replace(header, priority=self.priority_by_calling_aet.get(calling_ae.strip()))
+
+    def refuse_association(self, refused: RefusedAssociation) -> None:
+        """A row per association turned away, so a misconfigured sender shows up on /metrics and in the database."""
+        try:
+            with self.sessions.begin() as session:
+                record_association_refusal(session, reason=refused.reason, calling_ae=refused.calling_ae,
+                                           called_ae=refused.called_ae, peer=refused.peer)
+        except SQLAlchemyError as exc:
+            log.error("association refusal not recorded (%s)", type(exc).__name__)
 
     def reject(self, rejected: RejectedInstance) -> None:
         """Keep the refused payload and a row about it, so a person can see what a sender tried to send."""

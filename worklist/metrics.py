@@ -52,6 +52,7 @@ class Reading:
     flags: dict[str, db_metrics.ModelFlags]
     not_analysed: dict[str, int]
     rejections: dict[int, int]
+    association_refusals: dict[str, int]
     unread_flagged_age_s: float
     models: list[model_registry.RegisteredModel]
 
@@ -61,7 +62,8 @@ def read(sessions: sessionmaker[Session]) -> Reading:
         return Reading(db_metrics.metrics_snapshot(session, LATENCY_BUCKETS_S, SCORE_BUCKETS),
                        heartbeats.liveness(session), reports.delivery_counts(session),
                        db_metrics.flags_by_model_version(session), db_metrics.not_analysed_by_reason(session),
-                       db_metrics.rejections_by_status(session), db_metrics.unread_flagged_age_s(session),
+                       db_metrics.rejections_by_status(session), db_metrics.association_refusals_by_reason(session),
+                       db_metrics.unread_flagged_age_s(session),
                        model_registry.registered_models(session))
 
 
@@ -132,6 +134,13 @@ def _receiving(reading: Reading) -> Iterator[Metric]:
     for status, count in sorted(reading.rejections.items()):
         rejected.add_metric([f"0x{status:04X}", REJECTION_REASONS.get(status, "other")], count)
     yield rejected
+    refused = CounterMetricFamily(f"{PREFIX}_associations_refused", "Associations turned away before any C-STORE "
+                                  "(calling-ae-not-allowed, called-ae-wrong, association-limit, user-identity, "
+                                  "not-loopback): a sender whose setup is wrong, or a full listener.",
+                                  labels=["reason"])
+    for reason, count in sorted(reading.association_refusals.items()):
+        refused.add_metric([reason], count)
+    yield refused
 
 
 def _reporting(reading: Reading) -> Iterator[Metric]:
