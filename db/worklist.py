@@ -90,6 +90,7 @@ class WorklistFilter:
 
 
 EVERY_STUDY = WorklistFilter()  # no criteria
+UNREAD_FLAGGED = WorklistFilter(flagged=True, read=False)  # what the alerts count, on every page
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,34 @@ def test_alerts_are_asked_for_only_on_enable_alerts_and_a_new_flag_notifies_and_
     assert page.evaluate("window.__alerts[0]") == {"count": 1, "notified": False, "sound": True}
 
 
+def test_a_flag_arriving_while_a_study_is_open_counts_in_the_title_and_alerts_there_too(
+        site: Site, open_page: Callable[..., Any]) -> None:
+    """The reader is on a study page (most of the day): a flag raised elsewhere still updates the tab title, shows
+    the bar back to the worklist and fires the reader's alerts, with no patient data in the notification."""
+    page = open_page(permissions=["notifications"], init_script=SPY)
+    opened = site.add("OPEN^STUDY", score=0.2)
+    page.goto(f"/studies/{opened}")
+    count = site.unread_flagged()
+    expect(page).to_have_title(re.compile(rf"^\({count}\) Study "))
+    bar = page.locator("#new-flags")
+    expect(bar).to_be_hidden()
+    page.get_by_role("button", name="Enable alerts").click()
+    expect(page.get_by_role("button", name="Disable alerts")).to_be_visible()
+
+    site.flag_new("ELSEWHERE^PATIENT")
+    expect(page).to_have_title(re.compile(rf"^\({count + 1}\) Study "))
+    expect(bar).to_be_visible()
+    expect(bar).to_have_text("▲ 1 new flagged study — back to the worklist")
+    page.wait_for_function("() => window.__notes.length === 1")
+    note = page.evaluate("window.__notes[0]")
+    assert note["title"] == "cxr-triage: 1 new flagged study" and "ELSEWHERE" not in json.dumps(note)
+    site.flag_new("ELSEWHERE^AGAIN")
+    expect(bar).to_have_text("▲ 2 new flagged studies — back to the worklist")
+    expect(page).to_have_title(re.compile(rf"^\({count + 2}\) Study "))
+    bar.get_by_role("link").click()
+    expect(page).to_have_title(re.compile(rf"^\({count + 2}\) Worklist"))
+
+
 # --- keyboard, rows and the viewer --------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from db.audit import audit_events
 from db.model_registry import model_versions
 from db.worklist import (
+    UNREAD_FLAGGED,
     OrderPriority,
     PatientSex,
     WorklistFilter,
@@ -131,8 +132,8 @@ def api_worklist(request: Request, who: Identity, db: Db, params: WorklistQuery 
 @router.get("/worklist/version", response_model=schemas.WorklistVersion, responses=errors(invalid=False),
             tags=["worklist"], operation_id="getWorklistVersion",
             summary="A token that changes when the worklist may have changed (poll it, then fetch the list)")
-def api_worklist_version(_who: Identity, db: Db) -> dict[str, str]:
-    return {"version": worklist_version(db)}
+def api_worklist_version(_who: Identity, db: Db) -> dict[str, str | int]:
+    return {"version": worklist_version(db), "unread_flagged": worklist_total(db, UNREAD_FLAGGED)}
 
 
 @router.get("/studies/{study_uid}/version", response_model=schemas.StudyVersion, responses=NOT_FOUND,

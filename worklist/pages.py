@@ -24,6 +24,7 @@ from db.model_registry import model_versions, untrained_models_in_use
 from db.models import utcnow
 from db.worklist import (
     EVERY_STUDY,
+    UNREAD_FLAGGED,
     OrderPriority,
     PatientSex,
     WorklistEntry,
@@ -267,7 +268,7 @@ def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identit
     context = _page_frame(request, db, who, study.untrained_model) | {
         "study": study, "back": back, "status_text": status_text, "back_param": quote(back, safe=""),
         "version": study_version(db, study_uid), "pos": pos, "age_sex": age_sex,
-        "age_sex_words": age_sex_words,
+        "age_sex_words": age_sex_words, "unread_flagged": worklist_total(db, UNREAD_FLAGGED),
         "near": {key: dict(value, href=study_link(value["entry"].study_uid, value["back"], value["pos"]))
                  for key, value in near.items()}}
     audit(request, who, "view", study_uid, "GET /studies/{uid}")

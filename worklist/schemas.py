@@ -97,6 +97,8 @@ class Worklist(BaseModel):
 
 class WorklistVersion(BaseModel):
     version: str = Field(description="Changes whenever anything on the worklist may have changed")
+    unread_flagged: int = Field(description="Unread flagged studies on the whole worklist (no filter): what the "
+                                "pages' tab title and new-flag alerts count", examples=[3], ge=0)
 
 
 class StudyVersion(BaseModel):

@@ -503,6 +503,50 @@
     });
   }
 
+  // While a study is open, flags raised elsewhere still reach the reader: the worklist's count of unread flagged
+  // studies is polled; a rise updates the tab title, shows "N new flagged — back to the worklist" and fires the same
+  // alerts as the list (notification, sound). A count, not a list: a flag raised while another is read in the same
+  // poll interval is not announced here, but the list shows it first.
+  function setupStudyAlerts() {
+    var bar = document.getElementById("new-flags"), link = document.getElementById("new-flags-link");
+    var text = document.getElementById("new-flags-text"), live = document.getElementById("live-status");
+    if (!document.body.classList.contains("page-study") || !bar || !link || !text || !bar.dataset.flagsUrl ||
+        !window.fetch) return;
+    var back = document.getElementById("back-link");
+    if (back) link.href = back.href;  // the list the reader came from, in its order
+    var alerts = setupAlerts();
+    var interval = parseInt(live && live.dataset.pollMs, 10) || 2000;
+    var last = parseInt(bar.dataset.unreadFlagged, 10) || 0, fresh = 0, busy = false;
+    titleCount(last);
+
+    async function check() {
+      if (busy || (document.hidden && !alerts.enabled())) return;
+      busy = true;
+      try {
+        var response = await fetch(bar.dataset.flagsUrl, {
+          credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
+        if (!response.ok) return;
+        var count = (await response.json()).unread_flagged;
+        if (typeof count !== "number") return;
+        if (count > last) {
+          fresh += count - last;
+          text.textContent = plural(fresh, "new flagged study", "new flagged studies");
+          bar.hidden = false;
+          announce(plural(count - last, "new flagged study", "new flagged studies") + " on the worklist.");
+          alerts.fire(count - last, function () { window.location.assign(link.href); });
+        }
+        last = count;
+        titleCount(count);
+      } catch (error) {
+        /* a network hiccup: the next tick tries again */
+      } finally {
+        busy = false;
+      }
+    }
+    window.setInterval(check, interval);
+    document.addEventListener("visibilitychange", function () { if (!document.hidden) check(); });
+  }
+
   // The study page's keys: j / k the next and previous study of the list the reader came from, v the viewer,
   // r read / unread (the page's own button), b back to the list, ? the keys.
   function setupStudyKeys() {
@@ -531,6 +575,7 @@
     setupZoom();
     setupLiveWorklist();
     setupLiveStudy();
+    setupStudyAlerts();
     setupStudyKeys();
   });
 })();
