@@ -222,13 +222,17 @@ def _split_one(samples: Sequence[Sample], val_fraction: float, seed: int) -> tup
     return train, val
 
 
-def sampling_weights(samples: Sequence[Sample], min_class_images: int = 50) -> np.ndarray:
+def sampling_weights(samples: Sequence[Sample], min_class_images: int = 50,
+                     population_share: dict[str, float] | None = None) -> np.ndarray:
     """Per-image sampling probabilities that take the hospital out of the label.
 
     Each site gets a share proportional to the square root of its size (small sites are heard, big ones do not
     drown them); inside a site that has at least ``min_class_images`` of each class, the classes get equal halves,
     so "looks like this hospital" predicts nothing about the label there (NIH: 4,400 normals against 238
     pneumonias would otherwise teach "NIH-looking means normal"). Sites with one class keep it as it is.
+    ``population_share`` (e.g. ``{"pediatric": 0.4}``) then rescales so that each named population gets that share
+    of the draws, the others sharing the rest as before: it moves the balance between children and adults without
+    touching the balance inside each.
     """
     by_site: dict[str, list[int]] = defaultdict(list)
     for index, sample in enumerate(samples):
@@ -244,6 +248,18 @@ def sampling_weights(samples: Sequence[Sample], min_class_images: int = 50) -> n
                 weights[chosen] = share / 2 / len(chosen)
         else:
             weights[members] = share / len(members)
+    weights /= weights.sum()
+    if population_share:
+        populations = np.array([s.population for s in samples])
+        fixed = {name: share for name, share in population_share.items() if (populations == name).any()}
+        if not 0 <= sum(fixed.values()) < 1:
+            raise ValueError(f"population shares must add up to less than 1: {population_share}")
+        rest = ~np.isin(populations, list(fixed))
+        for name, share in fixed.items():
+            chosen = populations == name
+            weights[chosen] *= share / weights[chosen].sum()
+        if rest.any():
+            weights[rest] *= (1 - sum(fixed.values())) / weights[rest].sum()
     return weights / weights.sum()
 
 

@@ -75,6 +75,7 @@ class TrainConfig:
     balance: str = "weights"  # "weights" (class-weighted loss), "sampler" (class-balanced) or "sites" (by site
     # and class, model.data.sampling_weights)
     equalize: bool = False  # histogram equalisation in the model's preprocessing (stored in the checkpoint)
+    pediatric_share: float | None = None  # with balance "sites": the pediatric share of the draws (None: by size)
     epoch_images: int = 0  # images per epoch when sampling (0 = the training set's size)
     allow_bf16: bool = True  # bf16 autocast where the CPU has native bf16 (model.precision)
     augment: bool = True
@@ -371,7 +372,9 @@ class TrainingRun:
         counts = np.bincount(self.train_labels, minlength=2).astype(np.float64)
         self.class_weight = (torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
                              .to(self.device) if config.balance == "weights" else None)
-        self.draw_weights = (torch.from_numpy(sampling_weights(data["train"])) if config.balance == "sites" else
+        shares = {"pediatric": config.pediatric_share} if config.pediatric_share is not None else None
+        self.draw_weights = (torch.from_numpy(sampling_weights(data["train"], population_share=shares))
+                             if config.balance == "sites" else
                              torch.tensor(1.0 / counts[self.train_labels], dtype=torch.float64))
         self.spec = PreprocessSpec(equalize=config.equalize)
         self.precision = autocast_dtype(self.device, config.allow_bf16)
@@ -599,7 +602,7 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         "device": str(pick_device(config.device)),
         "precision": precision_name(autocast_dtype(pick_device(config.device), config.allow_bf16)),
         "sampling": config.balance, "images_per_epoch": config.epoch_images or data["summary"]["train_images"],
-        "equalize": config.equalize,
+        "equalize": config.equalize, "pediatric_share": config.pediatric_share,
     }
     training_data = {**data["summary"], "recipe": recipe}
     if metrics["auc"] < config.min_auc:

@@ -58,6 +58,25 @@ def test_sampling_balances_classes_within_a_site_and_weighs_sites_by_square_root
     assert mass("tiny", 1) == pytest.approx(3 * mass("tiny", 0))  # too few of a class to balance: as it is
 
 
+def test_a_population_share_moves_children_against_adults_and_keeps_each_sites_balance() -> None:
+    samples = ([_sample("kermany", i % 3 == 0, i, "pediatric") for i in range(600)]
+               + [_sample("nih", 0, i) for i in range(900)] + [_sample("nih", 1, i) for i in range(100)]
+               + [_sample("bimcv", 1, i) for i in range(400)])
+    plain, shifted = sampling_weights(samples), sampling_weights(samples, population_share={"pediatric": 0.6})
+
+    def mass(weights: np.ndarray, site: str, label: int | None = None) -> float:
+        return float(sum(w for s, w in zip(samples, weights, strict=True)
+                         if s.site == site and label in (None, s.label)))
+
+    assert mass(plain, "kermany") == pytest.approx(np.sqrt(600) / (np.sqrt(600) + np.sqrt(1000) + np.sqrt(400)))
+    assert mass(shifted, "kermany") == pytest.approx(0.6) and shifted.sum() == pytest.approx(1.0)
+    assert mass(shifted, "nih", 0) == pytest.approx(mass(shifted, "nih", 1))  # the site's classes stay balanced
+    assert mass(shifted, "nih") / mass(shifted, "bimcv") == pytest.approx(mass(plain, "nih") / mass(plain, "bimcv"))
+    assert mass(shifted, "kermany", 1) / mass(shifted, "kermany") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="less than 1"):
+        sampling_weights(samples, population_share={"pediatric": 1.0})
+
+
 def test_split_is_per_site_so_adding_a_site_keeps_the_others_validation() -> None:
     kids = [_sample("kermany", i % 3 == 0, i, "pediatric") for i in range(300)]
     adults = [_sample("nih", i % 5 == 0, i) for i in range(200)]

@@ -72,6 +72,9 @@ def train_command(
                                                 "serving does the same).")] = False,
     epoch_images: Annotated[int, typer.Option(help="Images drawn per epoch when sampling (0 = training set size)."
                                               )] = 0,
+    pediatric_share: Annotated[float | None, typer.Option(help="With --balance sites: the share of draws from "
+                                                               "pediatric sources (default: by site size).",
+                                                          min=0.0, max=0.95)] = None,
     bf16: Annotated[bool, typer.Option(help="bf16 autocast where the CPU has native bf16 (it is chosen from the "
                                             "CPU's flags; never used without them).")] = True,
     augment: Annotated[bool, typer.Option(help="Rotation/scale/translation and brightness/contrast/gamma; "
@@ -102,7 +105,7 @@ def train_command(
         target_sensitivity=target_sensitivity, balance=balance, augment=augment, init_weights=init_weights,
         device=device, max_minutes=max_minutes, output=output, min_auc=min_auc, version=version,
         bootstrap=bootstrap, threads=threads, finish_only=finish_only, equalize=equalize, epoch_images=epoch_images,
-        allow_bf16=bf16)
+        allow_bf16=bf16, pediatric_share=pediatric_share)
     console.print(f"run folder {run} (epochs.jsonl, train.log; rerun the same command to resume)")
     with _progress() as progress:
         bars: dict[int, TaskID] = {}
