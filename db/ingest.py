@@ -83,6 +83,7 @@ class Outcome:
     model_sha256: str | None = None
     preview_path: str | None = None  # PNG of the display image the model saw (worker.previews)
     heatmap_path: str | None = None  # PNG of the Grad-CAM overlay
+    display_path: str | None = None  # PNG of the display image at full resolution (the page's zoom)
 
 
 # Study columns a received image may fill, and the record field each comes from.
@@ -149,6 +150,7 @@ def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
         finished_at=None,
         preview_path=None,
         heatmap_path=None,
+        display_path=None,
     )
     if study.read_at is not None:
         # New pixels in a study someone had read: it is unread again (it may even be flagged now).
@@ -211,6 +213,7 @@ def finish(session: Session, work: Claim, outcome: Outcome) -> bool:
     instance.model_sha256 = outcome.model_sha256
     instance.preview_path = outcome.preview_path
     instance.heatmap_path = outcome.heatmap_path
+    instance.display_path = outcome.display_path
     instance.finished_at = utcnow()
     session.flush()
     refresh_study(session, instance.study_id)

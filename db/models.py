@@ -134,6 +134,7 @@ class Instance(Base):
     # Written by the worker with the current result: the display image the model saw and its Grad-CAM overlay.
     preview_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     heatmap_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    display_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # full-resolution display image PNG
 
     study: Mapped[Study] = relationship(back_populates="instances")
 

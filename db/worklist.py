@@ -160,6 +160,7 @@ class InstanceRow:
     finished_at: datetime | None
     has_preview: bool
     has_heatmap: bool
+    has_display: bool
 
 
 @dataclass(frozen=True)
@@ -492,13 +493,15 @@ def _instance_row(instance: Instance, threshold: float | None) -> InstanceRow:
         finished_at=as_utc(instance.finished_at),
         has_preview=bool(instance.preview_path),
         has_heatmap=bool(instance.heatmap_path),
+        has_display=bool(instance.display_path),
     )
 
 
 def instance_image_path(session: Session, study_uid: str, sop_instance_uid: str, kind: str) -> str | None:
-    """The stored path of an instance's ``preview`` or ``heatmap`` PNG (None: no such instance in the study, or
-    no such picture)."""
-    column = {"preview": Instance.preview_path, "heatmap": Instance.heatmap_path}[kind]
+    """The stored path of an instance's ``preview``, ``heatmap`` or full-resolution ``display`` PNG (None: no such
+    instance in the study, or no such picture)."""
+    column = {"preview": Instance.preview_path, "heatmap": Instance.heatmap_path,
+              "display": Instance.display_path}[kind]
     return session.scalar(
         select(column).join(Study, Study.id == Instance.study_id)
         .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid == sop_instance_uid))

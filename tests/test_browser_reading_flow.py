@@ -69,13 +69,14 @@ class Site:
     made: int = 0
 
     def finish(self, item: ingest.WorkItem, score: float | None, status: InstanceStatus = InstanceStatus.DONE,
-               reason: str | None = None, preview: str | None = None) -> None:
-        """As the worker ends an instance (with its preview picture, if any)."""
+               reason: str | None = None, preview: str | None = None, display: str | None = None) -> None:
+        """As the worker ends an instance (with its preview and full-size pictures, if any)."""
         with self.sessions.begin() as session:
             work = ingest.claim(session, item.instance_id, item.receive_count)
         assert work is not None
         model = MODEL if score is not None else {}
-        outcome = ingest.Outcome(status, reason, score=score, preview_path=preview, **model)  # type: ignore[arg-type]
+        outcome = ingest.Outcome(status, reason, score=score, preview_path=preview, display_path=display,
+                                 **model)  # type: ignore[arg-type]
         with self.sessions.begin() as session:
             assert ingest.finish(session, work, outcome)
 
@@ -137,8 +138,10 @@ def _seed(site: Site) -> None:
                    accession_number="ACCTWO", view_position="LL")
     site.pictures["frontal"] = _png(site.folder / "frontal.png", (448, 512), 0)
     site.pictures["lateral"] = _png(site.folder / "lateral.png", (512, 480), 90)
+    site.pictures["lateral-full"] = _png(site.folder / "lateral.full.png", (1536, 1440), 90)  # the original's size
     site.finish(frontal, 0.91, preview=site.pictures["frontal"])
-    site.finish(side, None, InstanceStatus.NOT_ANALYSED, "LATERAL_VIEW", preview=site.pictures["lateral"])
+    site.finish(side, None, InstanceStatus.NOT_ANALYSED, "LATERAL_VIEW", preview=site.pictures["lateral"],
+                display=site.pictures["lateral-full"])
 
 
 @pytest.fixture
@@ -482,10 +485,15 @@ def test_every_image_has_a_preview_laterals_say_not_scored_and_a_click_shows_ful
     expect(zoom).to_be_visible()
     big = page.locator("#zoom-img")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=big.element_handle())
-    assert big.evaluate("img => [img.naturalWidth, img.naturalHeight, img.width, img.height]") == [512, 480, 512, 480]
+    # The display image at its full resolution, one image pixel per screen pixel (the dialog scrolls).
+    assert big.evaluate("img => [img.naturalWidth, img.naturalHeight, img.width, img.height]") == [1536, 1440, 1536,
+                                                                                                  1440]
     _shot(page, "study-zoom.png")
     page.keyboard.press("Escape")
     expect(zoom).to_be_hidden()
+    figures.nth(0).locator("img.preview").click()  # an older image with no full-size copy: the preview, as it is
+    page.wait_for_function("img => img.complete && img.naturalWidth === 448", arg=big.element_handle())
+    page.keyboard.press("Escape")
     expect(page.locator(".summary dl.facts")).to_contain_text("Time to result")
     expect(page.locator(".summary dl.facts")).not_to_contain_text("Time to flag")
 

@@ -107,6 +107,9 @@ def test_previews_show_the_display_image_and_a_coloured_overlay(classifier: Clas
     assert heatmap.shape == (512, 450, 3)
     assert np.abs(heatmap[..., 0] - heatmap[..., 2]).max() > 60  # colour was laid over the grey somewhere
     assert Path(first.heatmap).name == f"ab12.{classifier.sha256[:12]}.heatmap.png"
+    full = np.asarray(Image.open(first.display), dtype=float)  # the zoom: every pixel of the display image
+    assert full.shape == display.shape == (1024, 900)
+    assert np.abs(full - np.rint(display * 255)).max() <= 1
 
 
 def test_an_empty_map_is_said_on_the_picture(tmp_path: Path, model_path: Path) -> None:
@@ -155,6 +158,8 @@ def test_a_lateral_view_gets_a_preview_but_no_score_and_no_heat_map(tmp_path: Pa
     picture = np.asarray(Image.open(outcome.preview_path))
     expected = np.asarray(previews.preview_image(display_image(lateral)))
     assert picture.shape == expected.shape and np.array_equal(picture, expected)
+    full = np.asarray(Image.open(outcome.display_path))
+    assert full.shape == display_image(lateral).shape  # full size for the zoom, laterals included
 
     pipeline.previews = None
     assert pipeline.analyse(source).preview_path is None

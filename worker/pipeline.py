@@ -75,7 +75,8 @@ class Pipeline:
                 reason = prepared.assessment.reason
                 status = InstanceStatus.FAILED if reason in NO_USABLE_PIXELS else InstanceStatus.NOT_ANALYSED
                 shown = write_unscored_preview(self.previews, path.stem, ds) if reason in PREVIEW_UNSCORED else None
-                return Outcome(status, reason, preview_path=shown.preview if shown else None)
+                return Outcome(status, reason, preview_path=shown.preview if shown else None,
+                               display_path=shown.display if shown else None)
             score = float(self.classifier.score(prepared.model_input[None])[0])
         except PixelDataError as exc:
             return Outcome(InstanceStatus.FAILED, exc.reason, exc.detail[:2000])
@@ -94,5 +95,6 @@ class Pipeline:
             model_sha256=self.classifier.sha256,
             preview_path=previews.preview,
             heatmap_path=previews.heatmap,
+            display_path=previews.display,
         )
 

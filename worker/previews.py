@@ -1,5 +1,6 @@
-"""Per-image pictures for the worklist: the display image the model saw, downscaled, and its Grad-CAM overlay;
-for a lateral view (not scored, but read beside the frontal one) the display image alone.
+"""Per-image pictures for the worklist: the display image the model saw, downscaled, its Grad-CAM overlay, and the
+same display image at its full resolution (what the page's zoom shows); for a lateral view (not scored, but read
+beside the frontal one) the display image alone, downscaled and full size.
 
 Written by the worker right after an image is scored (or found to be a lateral view), into
 ``<data_dir>/previews/`` (a shared volume in a fleet, like the spool), and served by the web page from the paths
@@ -40,6 +41,7 @@ class Previews:
 
     preview: str | None = None
     heatmap: str | None = None
+    display: str | None = None  # the display image at full resolution (8-bit grey, after the LUTs)
 
 
 def _atomic_png(image: Image.Image, path: Path) -> None:
@@ -107,6 +109,19 @@ class PreviewWriter:
         folder = self.directory / key[:2]
         return folder / f"{key}.png", folder / f"{key}.{self.classifier.sha256[:12]}.heatmap.png"
 
+    def display_path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.full.png"
+
+    def write_display(self, key: str, display: np.ndarray) -> str | None:
+        """The display image at full resolution, for the zoom; a failure (a full disk) only loses the zoom."""
+        path = self.display_path(key)
+        try:
+            _atomic_png(preview_image(display, long_side=max(display.shape)), path)
+        except Exception:
+            log.warning("full-size image for %s not written", key, exc_info=True)
+            return None
+        return str(path)
+
     def heat_map(self, batch: torch.Tensor, score: float) -> np.ndarray:
         """The (h, w) Grad-CAM map of the first image of ``batch``, from the captured pass when it is the one
         that gave ``score`` (same thread, same probability), else by running Grad-CAM on ``batch`` again."""
@@ -126,6 +141,7 @@ class PreviewWriter:
         preview_path, heatmap_path = self.paths(key)
         preview = preview_image(display)
         _atomic_png(preview, preview_path)
+        full = self.write_display(key, display)
         try:
             heat = upsample(self.heat_map(batch, score), preview.height, preview.width)
             picture = overlay(preview, heat)
@@ -134,8 +150,8 @@ class PreviewWriter:
             _atomic_png(picture, heatmap_path)
         except Exception:
             log.warning("heat map for %s not written", key, exc_info=True)
-            return Previews(str(preview_path), None)
-        return Previews(str(preview_path), str(heatmap_path))
+            return Previews(str(preview_path), None, full)
+        return Previews(str(preview_path), str(heatmap_path), full)
 
 
 def write_unscored_preview(writer: PreviewWriter | None, key: str, ds: Any) -> Previews:
@@ -146,8 +162,9 @@ def write_unscored_preview(writer: PreviewWriter | None, key: str, ds: Any) -> P
         return Previews()
     try:
         preview_path, _ = writer.paths(key)
-        _atomic_png(preview_image(render(ds).image), preview_path)
-        return Previews(str(preview_path), None)
+        display = render(ds).image
+        _atomic_png(preview_image(display), preview_path)
+        return Previews(str(preview_path), None, writer.write_display(key, display))
     except Exception:
         log.warning("preview for %s not written", key, exc_info=True)
         return Previews()

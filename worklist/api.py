@@ -187,6 +187,15 @@ def api_heatmap(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid,
     return image_response(request, db, who, study_uid, sop_instance_uid, "heatmap")
 
 
+@router.get("/studies/{study_uid}/images/{sop_instance_uid}/display.png", response_class=FileResponse,
+            responses=PNG, tags=["images"], operation_id="getDisplayImage",
+            summary="The display image the model saw at full resolution (8-bit PNG after the LUTs): the zoom; "
+                    "triage support, not for diagnosis")
+def api_display(request: Request, study_uid: StudyUid, sop_instance_uid: SopUid, who: Identity, db: Db
+                ) -> FileResponse:
+    return image_response(request, db, who, study_uid, sop_instance_uid, "display")
+
+
 def mark(request: Request, study_uid: str, who: str, read: bool) -> schemas.ReadState:
     with request.app.state.sessions.begin() as session:
         study = set_read(session, study_uid, read=read, actor=who)

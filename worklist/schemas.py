@@ -136,8 +136,11 @@ class InstanceItem(BaseModel):
     finished_at: datetime | None = Field(description="When its processing ended (UTC); null while unfinished")
     has_preview: bool = Field(description="A preview PNG was written for it")
     has_heatmap: bool = Field(description="A heat-map PNG was written for it")
+    has_display: bool = Field(description="The display image was kept at full resolution (PNG) for the zoom")
     preview_url: str | None = Field(description="Where to get the preview PNG; null when there is none")
     heatmap_url: str | None = Field(description="Where to get the heat-map PNG; null when there is none")
+    display_url: str | None = Field(description="Where to get the display image at full resolution (PNG); null "
+                                                "when there is none")
 
 
 class DeliveryItem(BaseModel):

@@ -59,7 +59,9 @@ def study_body(db: Session, study_uid: str, prefix: str,
                 preview_url=image_url(prefix, study_uid, instance.sop_instance_uid, "preview")
                 if instance.has_preview else None,
                 heatmap_url=image_url(prefix, study_uid, instance.sop_instance_uid, "heatmap")
-                if instance.has_heatmap else None)
+                if instance.has_heatmap else None,
+                display_url=image_url(prefix, study_uid, instance.sop_instance_uid, "display")
+                if instance.has_display else None)
         for instance in detail.instances
     ]
     return schemas.StudyDetail.model_validate(Overlay(

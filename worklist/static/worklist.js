@@ -97,7 +97,8 @@
     });
   }
 
-  // The picture at its natural size (what is on screen now: the preview or the heat map), in a dialog.
+  // The picture at its natural size, in a dialog: the display image at full resolution (the link's target), or the
+  // heat map when that is what is on screen (it exists at preview size only).
   function setupZoom() {
     var dialog = document.getElementById("zoom"), big = document.getElementById("zoom-img");
     if (!dialog || !big || !dialog.openFrom) return;
@@ -107,7 +108,7 @@
       var img = link.querySelector("img");
       if (!img) return;
       event.preventDefault();
-      big.src = img.currentSrc || img.src;
+      big.src = img.classList.contains("showing-heatmap") ? (img.currentSrc || img.src) : link.href;
       big.alt = img.alt + " (full size)";
       dialog.openFrom();
     });
