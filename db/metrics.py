@@ -59,10 +59,7 @@ class MetricsSnapshot:
 
 def metrics_snapshot(session: Session, latency_bounds: list[float], score_bounds: list[float]) -> MetricsSnapshot:
     received = int(session.scalar(select(func.coalesce(func.sum(Instance.receive_count), 0))) or 0)
-    failed: dict[str, int] = {}
-    for reason, count in session.execute(select(Instance.reason, func.count(Instance.id))
-                                         .where(Instance.status == InstanceStatus.FAILED).group_by(Instance.reason)):
-        failed[reason or "UNKNOWN"] = failed.get(reason or "UNKNOWN", 0) + int(count)
+    failed = _reasons(session, InstanceStatus.FAILED)
     latency = _histogram(session, Study.time_to_flag_s, latency_bounds).get(None)
     scores = _histogram(session, Result.score, score_bounds, group_by=Result.model_version)
     return MetricsSnapshot(received, counts_by_status(session), failed,
@@ -88,8 +85,13 @@ def flags_by_model_version(session: Session) -> dict[str, ModelFlags]:
 
 def not_analysed_by_reason(session: Session) -> dict[str, int]:
     """Instances whose current copy could not be scored, by reason code (a gauge: a resent copy may be scored)."""
+    return _reasons(session, InstanceStatus.NOT_ANALYSED)
+
+
+def _reasons(session: Session, status: InstanceStatus) -> dict[str, int]:
+    """Instances in ``status`` by reason code (a missing reason counted as UNKNOWN)."""
     rows = session.execute(select(Instance.reason, func.count(Instance.id))
-                           .where(Instance.status == InstanceStatus.NOT_ANALYSED).group_by(Instance.reason))
+                           .where(Instance.status == status).group_by(Instance.reason))
     counts: dict[str, int] = {}
     for reason, count in rows:
         counts[reason or "UNKNOWN"] = counts.get(reason or "UNKNOWN", 0) + int(count)
