@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.checkpoint import CheckpointMetadata, save_checkpoint
+from model.checkpoint import CheckpointMetadata, file_sha256, load_checkpoint, read_metadata, save_checkpoint
 from model.data import (
     AugmentSpec,
     Sample,
@@ -81,6 +81,12 @@ class TrainConfig:
     augment: bool = True
     augmentation: AugmentSpec = field(default_factory=AugmentSpec)
     init_weights: Path | None = None
+    # Learning without forgetting: on images of ``distill_population``, the loss also pulls the scores towards a
+    # teacher checkpoint's (read at the teacher's own input size and preprocessing), so a model trained for adults
+    # keeps what the shipped model knows about children.
+    teacher: Path | None = None
+    distill_weight: float = 1.0
+    distill_population: str = "pediatric"
     device: str = ""
     max_minutes: float | None = None
     output: Path | None = None
@@ -349,6 +355,38 @@ def _train(config: TrainConfig, on_epoch: Callable[[dict[str, Any]], None] | Non
     return finish(config, run.data, run.history, run.best, stop_reason, time.time() - started_wall, logger)
 
 
+def soft_cross_entropy(logits: torch.Tensor, positive_probability: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of two-class ``logits`` against soft targets (the teacher's positive probability): least
+    where the student's probabilities equal the teacher's."""
+    targets = torch.stack([1 - positive_probability, positive_probability], dim=1)
+    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A trained checkpoint whose scores a new model learns to keep (``TrainConfig.teacher``)."""
+
+    network: torch.nn.Module
+    spec: PreprocessSpec
+    version: str
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: Path, device: torch.device) -> Teacher:
+        loaded = load_checkpoint(path)
+        network = loaded.network.to(device).to(memory_format=torch.channels_last).eval()
+        for parameter in network.parameters():
+            parameter.requires_grad_(False)
+        return cls(network, loaded.metadata.preprocess_spec, loaded.metadata.version, device)
+
+    def scores(self, displays: torch.Tensor, precision: torch.dtype | None) -> torch.Tensor:
+        """Positive-class probabilities for un-augmented display images, as the teacher reads them."""
+        inputs = batch_to_model_input(displays, self.spec).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=precision or torch.float32,
+                                             enabled=precision is not None):
+            return torch.softmax(self.network(inputs).float(), dim=1)[:, 1]
+
+
 class TrainingRun:
     """The moving parts of one run (network, optimizer, sampler, plan, position in it), so that resuming, one
     epoch, validating and saving are each a method and the loop that strings them together stays short."""
@@ -377,6 +415,12 @@ class TrainingRun:
                              if config.balance == "sites" else
                              torch.tensor(1.0 / counts[self.train_labels], dtype=torch.float64))
         self.spec = PreprocessSpec(equalize=config.equalize)
+        self.teacher = Teacher.load(config.teacher, self.device) if config.teacher else None
+        self.distilled = np.array([s.population == config.distill_population for s in data["train"]])
+        if self.teacher:
+            logger.text(f"teacher {self.teacher.version} ({self.teacher.spec.size}px) on "
+                        f"{int(self.distilled.sum())} {config.distill_population} training images, "
+                        f"weight {config.distill_weight:g}")
         self.precision = autocast_dtype(self.device, config.allow_bf16)
         self.selected = selection_mask(data["val"])
         self.plan = epoch_plan(config.stages)
@@ -487,7 +531,11 @@ class TrainingRun:
 
     def _train_batch(self, indices: np.ndarray, size: int, lr: float) -> float:
         config = self.config
-        resized = resize_batch(displays_from_cache(self.data["train_cache"], indices), size)
+        displays = displays_from_cache(self.data["train_cache"], indices)
+        resized = resize_batch(displays, size)
+        distilled = self.distilled[indices]
+        teacher_scores = (self.teacher.scores(displays[torch.from_numpy(distilled)], self.precision)
+                          if self.teacher is not None and distilled.any() else None)
         if config.augment:
             resized = augment_batch(resized, config.augmentation, self._generator)
         inputs = normalize(resized, self.spec).to(self.device).contiguous(memory_format=torch.channels_last)
@@ -498,6 +546,10 @@ class TrainingRun:
                             enabled=self.precision is not None):
             logits = self.network(inputs)
             loss = F.cross_entropy(logits.float(), targets, weight=self.class_weight)
+            if teacher_scores is not None:
+                taught = logits.float()[torch.from_numpy(distilled).to(self.device)]
+                loss = loss + config.distill_weight * float(distilled.mean()) * soft_cross_entropy(taught,
+                                                                                                 teacher_scores)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if config.clip_grad_norm:
@@ -603,6 +655,9 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         "precision": precision_name(autocast_dtype(pick_device(config.device), config.allow_bf16)),
         "sampling": config.balance, "images_per_epoch": config.epoch_images or data["summary"]["train_images"],
         "equalize": config.equalize, "pediatric_share": config.pediatric_share,
+        "teacher": ({"version": read_metadata(config.teacher).version, "sha256": file_sha256(config.teacher),
+                     "weight": config.distill_weight, "population": config.distill_population}
+                    if config.teacher else None),
     }
     training_data = {**data["summary"], "recipe": recipe}
     if metrics["auc"] < config.min_auc:

@@ -157,6 +157,8 @@ def test_a_slow_drip_sender_is_cut_off_and_the_association_limit_holds() -> None
         assert not third.is_established and third.is_rejected  # the configured limit, not pynetdicom's 10
         for assoc in held:
             assoc.release()
+        # Our side of a released association winds down on its own thread: wait for the slots to free.
+        wait_until(lambda: not listener.ae.active_associations, 10, "released associations wound down")
         misdirected = ae.associate("127.0.0.1", listener.port, ae_title="OTHER_PACS")
         assert misdirected.is_rejected  # the called AE title must be ours
         # Each refusal reaches the receiver with its reason (EVT_REJECTED fires just after the RJ is sent).

@@ -318,3 +318,40 @@ def test_cli_train_shows_progress_and_writes_the_checkpoint(tiny_run: dict, tmp_
     assert metadata.training_data["recipe"]["images_per_epoch"] == 96
     assert metadata.validated_population["populations"] == ["adult"]
     assert "32px batch 12/12" in (run / "train.log").read_text()  # 96 images drawn in batches of 8
+
+
+def test_soft_cross_entropy_is_least_where_the_student_agrees_with_the_teacher() -> None:
+    from model.train import soft_cross_entropy
+
+    teacher = torch.tensor([0.2])
+    student_logit = torch.linspace(-4, 4, 801)  # positive-class logit, the normal logit at 0
+    losses = torch.stack([soft_cross_entropy(torch.tensor([[0.0, z]]), teacher) for z in student_logit])
+    best = float(torch.sigmoid(student_logit[int(losses.argmin())]))
+    assert best == pytest.approx(0.2, abs=0.005)
+
+
+def test_a_teacher_reads_images_as_the_worker_reads_them_and_is_recorded(tiny_run: dict, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from model.checkpoint import read_metadata
+    from model.inference import Classifier
+    from model.train import Teacher, parse_stages, train
+
+    teacher_path = tiny_run["config"].output
+    teacher = Teacher.load(teacher_path, torch.device("cpu"))
+    displays = torch.from_numpy(np.stack([_chest(np.random.default_rng(k), k % 2 == 1, 48) for k in range(4)])
+                                .astype(np.float32))
+    served = Classifier(teacher_path, device="cpu", allow_bf16=False).score(
+        torch.stack([to_model_input(d.numpy(), teacher.spec) for d in displays]))
+    assert teacher.scores(displays, None).numpy() == pytest.approx(served, abs=1e-5)
+    assert not any(p.requires_grad for p in teacher.network.parameters())  # only the student learns
+
+    # The tiny data is not pediatric, so the teacher is asked to teach the adults here.
+    config = replace(tiny_run["config"], out=tmp_path / "run", output=tmp_path / "m.safetensors",
+                     stages=parse_stages("32:1"), min_auc=0.0, bootstrap=10, teacher=teacher_path,
+                     distill_population="adult", distill_weight=2.0)
+    train(config)
+    assert "teacher tiny-test (32px)" in (config.out / "train.log").read_text()
+    recipe = read_metadata(config.output).training_data["recipe"]
+    assert recipe["teacher"]["version"] == "tiny-test" and recipe["teacher"]["weight"] == 2.0
+    assert len(recipe["teacher"]["sha256"]) == 64

@@ -81,6 +81,11 @@ def train_command(
                                                "never a horizontal flip.")] = True,
     init_weights: Annotated[Path | None, typer.Option(help="Initialise from a torchvision ResNet50 weights file "
                                                                "(.pth/.safetensors); the head is replaced.")] = None,
+    teacher: Annotated[Path | None, typer.Option(help="A trained checkpoint (e.g. the shipped model) whose scores "
+                                                      "the new model keeps on --distill-population images.")] = None,
+    distill_weight: Annotated[float, typer.Option(help="Weight of the teacher's soft targets in the loss.")] = 1.0,
+    distill_population: Annotated[str, typer.Option(help="Population whose images the teacher scores.")
+                                  ] = "pediatric",
     device: Annotated[str, typer.Option(help="torch device; empty = cuda when available.")] = "",
     max_minutes: Annotated[float | None, typer.Option(help="Stop before an epoch that would end after this.")
                            ] = None,
@@ -105,7 +110,8 @@ def train_command(
         target_sensitivity=target_sensitivity, balance=balance, augment=augment, init_weights=init_weights,
         device=device, max_minutes=max_minutes, output=output, min_auc=min_auc, version=version,
         bootstrap=bootstrap, threads=threads, finish_only=finish_only, equalize=equalize, epoch_images=epoch_images,
-        allow_bf16=bf16, pediatric_share=pediatric_share)
+        allow_bf16=bf16, pediatric_share=pediatric_share, teacher=teacher, distill_weight=distill_weight,
+        distill_population=distill_population)
     console.print(f"run folder {run} (epochs.jsonl, train.log; rerun the same command to resume)")
     with _progress() as progress:
         bars: dict[int, TaskID] = {}
