@@ -54,10 +54,12 @@ class ReceivedRecord:
 
 @dataclass(frozen=True)
 class WorkItem:
-    """An instance as the outbox knows it: the receive_count tells a stale task from the current one."""
+    """An instance as the outbox knows it: the receive_count tells a stale task from the current one, and
+    ``claims`` (its attempts when read) tells an abandoned claim from a worker that has claimed it since."""
 
     instance_id: int
     receive_count: int
+    claims: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,11 +174,14 @@ def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
 
 
 def mark_queued(session: Session, item: WorkItem) -> None:
-    """Note that a task was published, unless a worker got there first or a newer copy arrived."""
+    """Note that a task was published, unless a worker got there first or a newer copy arrived. An abandoned
+    claim (still PROCESSING with the claims the sweeper saw) becomes QUEUED too, so the sweeper republishes it
+    once, not on every sweep until a worker takes it."""
+    abandoned = and_(Instance.status == InstanceStatus.PROCESSING, Instance.attempts == item.claims)
     session.execute(
         update(Instance)
         .where(Instance.id == item.instance_id, Instance.receive_count == item.receive_count,
-               Instance.status.in_([InstanceStatus.RECEIVED, InstanceStatus.QUEUED]))
+               or_(Instance.status.in_([InstanceStatus.RECEIVED, InstanceStatus.QUEUED]), abandoned))
         .values(status=InstanceStatus.QUEUED, enqueued_at=utcnow())
     )
 
@@ -278,7 +283,7 @@ def stranded(session: Session, *, received_before: datetime, started_before: dat
     ``started_before``; ``datetime.min`` leaves queued ones out), or claimed before ``started_before``."""
     queued_before = started_before if queued_before is None else queued_before
     query = (
-        select(Instance.id, Instance.receive_count)
+        select(Instance.id, Instance.receive_count, Instance.attempts)
         .where(
             or_(
                 and_(Instance.status == InstanceStatus.RECEIVED, Instance.received_at < received_before),
@@ -289,7 +294,7 @@ def stranded(session: Session, *, received_before: datetime, started_before: dat
         .order_by(Instance.id)
         .limit(limit)
     )
-    return [WorkItem(row.id, row.receive_count) for row in session.execute(query)]
+    return [WorkItem(row.id, row.receive_count, row.attempts) for row in session.execute(query)]
 
 
 def queued_count(session: Session) -> int:

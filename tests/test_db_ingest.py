@@ -242,6 +242,32 @@ def test_outbox_finds_unqueued_and_abandoned_instances(sessions: sessionmaker[Se
                                                     abandoned.instance_id]
 
 
+def test_an_abandoned_claim_is_republished_once_not_on_every_sweep(sessions: sessionmaker[Session]) -> None:
+    item = receive(sessions, "5.7", "5.9")
+    with sessions.begin() as session:
+        ingest.mark_queued(session, item)
+        ingest.claim(session, item.instance_id)  # the worker then dies
+    later = datetime.now(UTC) + timedelta(seconds=60)
+
+    def sweep() -> list[ingest.WorkItem]:
+        """The sweeper's query while the published tasks wait in the broker (queued ones are left out)."""
+        with sessions() as session:
+            return ingest.stranded(session, received_before=later, started_before=later,
+                                   queued_before=datetime.min.replace(tzinfo=UTC))
+
+    [abandoned] = sweep()
+    assert abandoned.claims == 1
+    with sessions.begin() as session:
+        ingest.mark_queued(session, abandoned)  # republished
+    assert sweep() == []  # the next sweep does not publish it again
+    with sessions.begin() as session:
+        assert ingest.claim(session, item.instance_id, item.receive_count) is not None  # a worker takes it
+        ingest.mark_queued(session, abandoned)  # a late note about the old claim leaves the new one alone
+    with sessions() as session:
+        assert session.scalar(select(Instance.status).where(Instance.id == item.instance_id)) \
+            == InstanceStatus.PROCESSING
+
+
 def test_stranded_can_leave_queued_instances_out(sessions: sessionmaker[Session]) -> None:
     queued = receive(sessions, "5.6", "5.8")
     with sessions.begin() as session:
