@@ -80,7 +80,7 @@ def flags_by_model_version(session: Session) -> dict[str, ModelFlags]:
     rows = session.execute(select(Study.model_version, func.count(Study.id), flagged)
                            .where(Study.model_version.is_not(None), Study.score.is_not(None))
                            .group_by(Study.model_version))
-    return {str(version): ModelFlags(int(scored), int(flags or 0)) for version, scored, flags in rows.tuples()}
+    return {str(version): ModelFlags(int(scored), int(flags or 0)) for version, scored, flags in rows}
 
 
 def not_analysed_by_reason(session: Session) -> dict[str, int]:
