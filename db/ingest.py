@@ -153,6 +153,7 @@ def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
         preview_path=None,
         heatmap_path=None,
         display_path=None,
+        purged_at=None,
     )
     if study.read_at is not None:
         # New pixels in a study someone had read: it is unread again (it may even be flagged now).

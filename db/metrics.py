@@ -76,11 +76,11 @@ class ModelFlags:
 
 def flags_by_model_version(session: Session) -> dict[str, ModelFlags]:
     """Current state (a gauge): a new image or a new model can lower a study's flag or move it to another model."""
-    flagged = func.sum(case((Study.flag.is_(True), 1), else_=0))
+    flagged = func.count().filter(Study.flag.is_(True))
     rows = session.execute(select(Study.model_version, func.count(Study.id), flagged)
                            .where(Study.model_version.is_not(None), Study.score.is_not(None))
                            .group_by(Study.model_version))
-    return {str(version): ModelFlags(int(scored), int(flags or 0)) for version, scored, flags in rows}
+    return {str(version): ModelFlags(int(scored), int(flags)) for version, scored, flags in rows}
 
 
 def not_analysed_by_reason(session: Session) -> dict[str, int]:

@@ -135,6 +135,9 @@ class Instance(Base):
     preview_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     heatmap_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     display_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # full-resolution display image PNG
+    # When the retention policy deleted its pixels (spool copy and PNGs; the paths above are then NULL, spool_path
+    # stays as a record of where the copy was); None while they are kept. A re-sent copy clears it (migration 0010).
+    purged_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="instances")
 

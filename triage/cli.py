@@ -1,4 +1,5 @@
-"""The ``cxr-triage`` command line: run the parts (together or alone), read the worklist, backfill files."""
+"""The ``cxr-triage`` command line: run the parts (together or alone), read the worklist, backfill files,
+purge expired pixels."""
 
 from __future__ import annotations
 
@@ -90,6 +91,40 @@ def import_files(paths: Annotated[list[Path], typer.Argument(help="DICOM files o
     console.print(f"committed {committed} of {len(files)} file(s)")
     if committed < len(files):
         raise typer.Exit(1)
+
+
+@app.command()
+def purge(
+    days: Annotated[int | None, typer.Option(min=1, help="Delete the pixels of read studies processed more than this "
+                                                         "many days ago (default: TRIAGE_RETENTION_DAYS).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete the stored pixels (spooled DICOM copy, preview, heat map, full-size PNG) of read studies past the
+    retention; rows, results and the audit trail stay. The listener does this hourly when TRIAGE_RETENTION_DAYS is
+    set."""
+    from dataclasses import replace
+
+    from db.engine import open_database
+    from worker.retention import purge_expired
+
+    settings = command_settings()
+    config = worker_config(settings)
+    if days is None and config.retention_days <= 0:
+        console.print("retention is off (TRIAGE_RETENTION_DAYS=0): every image is kept; nothing was deleted. "
+                      "Set TRIAGE_RETENTION_DAYS or give --days N.")
+        return
+    if days is not None:
+        config = replace(config, retention_days=days)
+    engine, sessions = open_database(config.database_url)
+    try:
+        report = purge_expired(sessions, config, dry_run=dry_run, keep_report_due=reporting_config(settings).enabled)
+    finally:
+        engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    console.print(f"{'dry run: ' if dry_run else ''}{report.instances} instance(s) of read studies processed over "
+                  f"{report.days} day(s) ago: {verb} {report.files_removed} file(s), "
+                  f"{report.bytes_freed / 1e6:.1f} MB ({report.bytes_freed} bytes); "
+                  f"{report.files_not_removed} file(s) {'would be ' if dry_run else ''}kept (see the log)")
 
 
 @app.command("worklist")

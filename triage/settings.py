@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     )
     task_max_retries: int = Field(8, ge=0, description="Retries of a task while the database is unreachable "
                                                         "(exponential back-off, at most 300 s apart).")
+    retention_days: int = Field(
+        0, ge=0, description="Days a read study's pictures are kept after they were processed: then the spooled "
+                             "DICOM copy, the preview, heat map and full-size PNGs are deleted (the rows and results "
+                             "stay); 0 = keep everything forever. Unread studies, FAILED images and reports still "
+                             "being delivered keep theirs.")
     disk_watermark_percent: float = Field(
         90.0, gt=0, le=100, description="Above this share of the spool's disk in use, C-STOREs are refused with "
                                         "0xA700 (the sender retries) and /healthz answers 503.")

@@ -37,7 +37,7 @@ def web_server(settings: Settings, worker_restarts: Callable[[], int] | None = N
                       disk_watermark_percent=settings.disk_watermark_percent, worker_restarts=worker_restarts,
                       broker_ok=broker_check(worker_config(settings)),
                       borderline_band=settings.borderline_band, viewer_url_template=settings.viewer_url,
-                      software_version=package_version())
+                      software_version=package_version(), retention_days=settings.retention_days)
     config = uvicorn.Config(app_, host=settings.web_host, port=settings.web_port, log_level=settings.log_level.lower(),
                             ssl_certfile=settings.web_tls_cert, ssl_keyfile=settings.web_tls_key)
     logging.getLogger("uvicorn.access").addFilter(DropQueryStrings())  # uvicorn's Config reconfigured its loggers

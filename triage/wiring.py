@@ -31,6 +31,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_retries=settings.task_max_retries,
         previews_dir=(settings.data_dir / "previews").resolve(),
         disk_watermark_percent=settings.disk_watermark_percent,
+        retention_days=settings.retention_days,
         priority_by_calling_aet=dict(settings.priority_by_calling_aet),
     )
 

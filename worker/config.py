@@ -25,6 +25,10 @@ class WorkerConfig:
     max_retries: int = 8  # task retries while the database is away (back-off up to 300 s between tries)
     previews_dir: Path | None = None  # where the worker writes preview and heat map PNGs; None = none written
     disk_watermark_percent: float = 90.0  # above this share of the spool's disk in use, C-STOREs get 0xA700
+    # Read studies' pixels (spool copy, preview, heat map, display PNG) are deleted this many days after they were
+    # processed; 0 = kept forever (worker.retention).
+    retention_days: int = 0
+    retention_interval_s: float = 3600.0  # how often the ingest service looks for expired pixels
     # Calling AE title → order priority (STAT, HIGH…) for images that carry none (an ER's CR room sends STAT).
     priority_by_calling_aet: dict[str, str] = field(default_factory=dict)
 

@@ -1,5 +1,6 @@
-"""The listener side as one long-running part: the DICOM listener, the file importer, the outbox sweeper and, when
-results go back, the reporter. ``cxr-triage listen`` and ``serve`` run it."""
+"""The listener side as one long-running part: the DICOM listener, the file importer, the outbox sweeper, when
+results go back the reporter, and with TRIAGE_RETENTION_DAYS the retention sweeper. ``cxr-triage listen`` and
+``serve`` run it."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from worker.celery_app import create_celery
 from worker.config import ReportingConfig, WorkerConfig
 from worker.ingest import Ingestor
 from worker.outbox import OutboxSweeper, TaskPublisher
+from worker.retention import RetentionSweeper
 
 log = logging.getLogger(__name__)
 
 
 class IngestService:
-    """Everything that accepts instances: the DICOM listener, the file importer and the outbox sweeper."""
+    """Everything that accepts instances: the DICOM listener, the file importer and the outbox sweeper (and the
+    reporter and the retention sweeper, which share its process)."""
 
     def __init__(self, config: WorkerConfig, listener_config: ListenerConfig | None = None,
                  reporting: ReportingConfig | None = None) -> None:
@@ -37,6 +40,9 @@ class IngestService:
             from worker.reporting import Reporter  # highdicom and the HL7 libraries only where results go back
 
             self.reporter = Reporter(reporting, self.sessions)
+        self.retention = None  # hourly, only with a retention set
+        if config.retention_days > 0:  # where reports go out, a study waiting for its report keeps its pixels
+            self.retention = RetentionSweeper(config, self.sessions, keep_report_due=self.reporter is not None)
 
     def start(self) -> None:
         if self.listener is not None:
@@ -45,8 +51,12 @@ class IngestService:
         self.sweeper.start()
         if self.reporter is not None:
             self.reporter.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def stop(self) -> None:
+        if self.retention is not None:
+            self.retention.stop()
         if self.reporter is not None:
             self.reporter.stop()
         self.sweeper.stop()

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from db.audit import audit_events
 from db.model_registry import model_versions
+from db.retention import purged_at
 from db.worklist import (
     UNREAD_FLAGGED,
     OrderPriority,
@@ -33,6 +34,7 @@ from worklist import schemas
 from worklist.auth import identity
 from worklist.deps import TEXT_PATTERN, SopUid, StudyUid, audit, db_session
 from worklist.openapi import FORBIDDEN, errors, problem
+from worklist.presentation import retention_notice
 from worklist.problems import Problem
 from worklist.views import notices, study_body, worklist_item
 
@@ -159,6 +161,9 @@ def image_response(request: Request, db: Session, who: str, study_uid: str, sop_
                    ) -> FileResponse:
     path = instance_image_path(db, study_uid, sop_uid, kind)
     if not path or not FilePath(path).is_file():
+        removed = purged_at(db, study_uid, sop_uid)
+        if removed is not None:  # the retention policy deleted it: gone for good, not merely missing
+            raise Problem(410, retention_notice(request.app.state.retention_days), purged_at=removed.isoformat())
         raise Problem(404, f"no {kind} for this image (not analysed, not finished, or not written)")
     audit(request, who, "image", study_uid, f"{kind} {sop_uid}")
     return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, no-store"})
@@ -167,7 +172,9 @@ def image_response(request: Request, db: Session, who: str, study_uid: str, sop_
 PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
              "description": "PNG image"},
        **errors((404, problem("No such image in this study, or no picture for it (not analysed, not finished, or "
-                              "not written)")))}
+                              "not written)")),
+                (410, problem("The retention policy (TRIAGE_RETENTION_DAYS) removed the image's pictures; "
+                              "`purged_at` says when")))}
 
 
 @router.get("/studies/{study_uid}/images/{sop_instance_uid}/preview.png", response_class=FileResponse,

@@ -49,7 +49,7 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
                spool_disk_used: Callable[[], float] | None = None, disk_watermark_percent: float = 90.0,
                worker_restarts: Callable[[], int] | None = None, broker_ok: Callable[[], bool] | None = None,
                borderline_band: float = DEFAULT_BORDERLINE_BAND, viewer_url_template: str = "",
-               software_version: str = "unknown") -> FastAPI:
+               software_version: str = "unknown", retention_days: int = 0) -> FastAPI:
     """The app. ``api_token`` (one token, named "api-token" in the audit) and ``api_tokens``
     (``name=token,...``) switch authentication on; without either, callers are "loopback-demo" and the server
     must only listen on loopback (``triage.cli.web_server`` enforces that). ``timezone`` (IANA) is the site's:
@@ -59,7 +59,8 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     ``broker_ok`` (a quick, bounded connect to the Celery broker) makes /healthz and /metrics report the broker.
     ``viewer_url_template`` (TRIAGE_VIEWER_URL, placeholders {study_uid}, {accession}, {patient_id}) links every
     study to the site's image viewer; empty = no viewer links. ``software_version`` (the installed package's, from
-    the composition root) is what /metrics reports as the build."""
+    the composition root) is what /metrics reports as the build. ``retention_days`` (TRIAGE_RETENTION_DAYS) is what
+    a purged image's 410 and the study page say its pictures were kept for."""
     engine, sessions = open_database(database_url)
     app = FastAPI(
         title="cxr-triage worklist",
@@ -82,6 +83,7 @@ def create_app(database_url: str, api_token: str = "", *, api_tokens: str = "", 
     app.state.zone = zone
     app.state.borderline_band = borderline_band  # TRIAGE_BORDERLINE_BAND: how far below the threshold is borderline
     app.state.viewer_url_template = check_viewer_template(viewer_url_template)  # TRIAGE_VIEWER_URL
+    app.state.retention_days = retention_days  # TRIAGE_RETENTION_DAYS: named where purged images were
     app.state.model_card_path = Path(model_card) if model_card is not None else None  # from the composition root
     app.state.probes = operations.Probes(spool_disk_used=spool_disk_used, disk_watermark_percent=disk_watermark_percent,
                                          broker_ok=broker_ok, worker_restarts=worker_restarts)

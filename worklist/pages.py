@@ -40,7 +40,15 @@ from db.worklist import (
 )
 from worklist.auth import COOKIE_MAX_AGE_S, COOKIE_NAME, Tokens, identity
 from worklist.deps import StudyUid, audit, db_session
-from worklist.presentation import TRIAGE_NOTICE, UNTRAINED_NOTICE, age_sex, age_sex_words, status_text, viewer_url
+from worklist.presentation import (
+    TRIAGE_NOTICE,
+    UNTRAINED_NOTICE,
+    age_sex,
+    age_sex_words,
+    retention_notice,
+    status_text,
+    viewer_url,
+)
 from worklist.problems import Problem
 from worklist.views import study_body
 
@@ -269,6 +277,7 @@ def study_page(request: Request, study_uid: StudyUid, who: str = Depends(identit
         "study": study, "back": back, "status_text": status_text, "back_param": quote(back, safe=""),
         "version": study_version(db, study_uid), "pos": pos, "age_sex": age_sex,
         "age_sex_words": age_sex_words, "unread_flagged": worklist_total(db, UNREAD_FLAGGED),
+        "images_removed": retention_notice(request.app.state.retention_days),
         "near": {key: dict(value, href=study_link(value["entry"].study_uid, value["back"], value["pos"]))
                  for key, value in near.items()}}
     audit(request, who, "view", study_uid, "GET /studies/{uid}")

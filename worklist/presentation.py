@@ -26,6 +26,14 @@ REASON_TEXT = {
     "INTERNAL_ERROR": "internal error",
 }
 
+
+def retention_notice(days: int) -> str:
+    """What a purged image's place says, on the page and in the API's 410 (TRIAGE_RETENTION_DAYS; 0 = the images were
+    removed by a one-off ``cxr-triage purge --days N`` while no retention is set)."""
+    after = f" after {days} day{'s' if days != 1 else ''}" if days > 0 else ""
+    return f"The images were removed by the retention policy{after}."
+
+
 STATE_LABEL = {"pending": "pending", "done": "done", "not_analysed": "not analysed", "failed": "failed"}
 
 

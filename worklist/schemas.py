@@ -141,6 +141,9 @@ class InstanceItem(BaseModel):
     heatmap_url: str | None = Field(description="Where to get the heat-map PNG; null when there is none")
     display_url: str | None = Field(description="Where to get the display image at full resolution (PNG); null "
                                                 "when there is none")
+    purged_at: datetime | None = Field(None, description="When the retention policy (TRIAGE_RETENTION_DAYS) removed "
+                                                         "the image's pictures and spooled copy (UTC); null while "
+                                                         "they are kept")
 
 
 class DeliveryItem(BaseModel):
@@ -286,3 +289,5 @@ class Problem(BaseModel):
     instance: str = Field(description="The path the request went to")
     errors: list[ProblemError] | None = Field(None, description="422 only: each invalid parameter")
     checks: HealthChecks | None = Field(None, description="/healthz 503 only: which part is down")
+    purged_at: str | None = Field(None, description="410 only: when the retention policy removed the image's "
+                                                    "pictures (UTC, ISO 8601)")

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db import reports
+from db import reports, retention
 from db.model_registry import untrained_models_in_use
 from db.worklist import DEFAULT_BORDERLINE_BAND, WorklistEntry, study_detail
 from worklist import schemas
@@ -50,10 +50,12 @@ def worklist_item(entry: WorklistEntry, viewer_url_template: str = "") -> schema
 def study_body(db: Session, study_uid: str, prefix: str,
                borderline_band: float = DEFAULT_BORDERLINE_BAND, viewer_url_template: str = ""
                ) -> schemas.StudyDetail:
-    """One study with its images (and their picture links under ``prefix``) and the reports sent back."""
+    """One study with its images (their picture links under ``prefix``, or when the retention policy removed them)
+    and the reports sent back."""
     detail = study_detail(db, study_uid, borderline_band=borderline_band)
     if detail is None:
         raise Problem(404, "study not found")
+    purged = retention.purged_in_study(db, study_uid)
     instances = [
         Overlay(instance,
                 preview_url=image_url(prefix, study_uid, instance.sop_instance_uid, "preview")
@@ -61,7 +63,8 @@ def study_body(db: Session, study_uid: str, prefix: str,
                 heatmap_url=image_url(prefix, study_uid, instance.sop_instance_uid, "heatmap")
                 if instance.has_heatmap else None,
                 display_url=image_url(prefix, study_uid, instance.sop_instance_uid, "display")
-                if instance.has_display else None)
+                if instance.has_display else None,
+                purged_at=purged.get(instance.sop_instance_uid))
         for instance in detail.instances
     ]
     return schemas.StudyDetail.model_validate(Overlay(

@@ -1,0 +1,115 @@
+"""Retention: which instances' pixels may go, marking them gone, and what the API says about them afterwards.
+
+An instance's pixels (the spooled DICOM copy and the preview, heat map and full-size PNGs) expire only when nothing
+may still need them: the instance finished with a result that stands (DONE or NOT_ANALYSED; a FAILED one's spooled
+copy is the only one a retry has), a radiologist has read its study (an unread study keeps its images however old),
+it finished before the cutoff, and no report of its study is still waiting to be delivered (the SR is built from the
+spooled headers and the heat map). The rows, results and audit trail stay. Functions on a Session: callers own the
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy.orm import Session
+
+from db.audit import record_audit
+from db.models import Delivery, DeliveryStatus, Instance, InstanceStatus, Study, StudyReport, as_utc
+
+# Only these outcomes stand: an unfinished instance is still being worked on, a FAILED one may be retried.
+RETAINED_STATUSES = (InstanceStatus.DONE, InstanceStatus.NOT_ANALYSED)
+# A delivery in these states may still be sent: its study keeps its pixels until it is delivered, dead or superseded
+# (the SR is built from the spooled headers, the optional capture from the heat map).
+WAITING_DELIVERIES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+AUDIT_ACTOR = "retention"
+AUDIT_ACTION = "purge"
+
+
+@dataclass(frozen=True)
+class ExpiredInstance:
+    """An instance whose pixels may be deleted, with where they lie (UIDs only: no patient data)."""
+
+    instance_id: int
+    sop_instance_uid: str
+    study_instance_uid: str
+    spool_path: str
+    preview_path: str | None
+    heatmap_path: str | None
+    display_path: str | None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of the instance that retention deletes: the spooled copy first, then its pictures."""
+        return tuple(path for path in (self.spool_path, self.preview_path, self.heatmap_path, self.display_path)
+                     if path)
+
+
+def _expired(cutoff: datetime, *, keep_report_due: bool) -> ColumnElement[bool]:
+    """The whole rule as one condition, used to select and again to mark (a study marked unread, a new delivery or
+    a re-sent copy between the two keeps its pixels). ``keep_report_due``: where results go back, a study waiting
+    for its next report version keeps its pixels too (without a reporter that mark is never cleared)."""
+    read_studies = select(Study.id).where(Study.read_at.is_not(None))
+    waiting = (select(StudyReport.study_id).join(Delivery, Delivery.report_id == StudyReport.id)
+               .where(Delivery.status.in_(WAITING_DELIVERIES)))
+    condition = and_(Instance.status.in_(RETAINED_STATUSES), Instance.purged_at.is_(None),
+                     Instance.finished_at.is_not(None), Instance.finished_at < cutoff,
+                     Instance.study_id.in_(read_studies), Instance.study_id.not_in(waiting))
+    if keep_report_due:
+        condition = and_(condition, Instance.study_id.not_in(select(Study.id).where(Study.report_due.is_(True))))
+    return condition
+
+
+def expired(session: Session, *, cutoff: datetime, limit: int = 500, after_id: int = 0,
+            keep_report_due: bool = False) -> list[ExpiredInstance]:
+    """Up to ``limit`` expired instances with an id above ``after_id``, in id order (a batch; page on with the last
+    id)."""
+    rows = session.execute(
+        select(Instance.id, Instance.sop_instance_uid, Study.study_instance_uid, Instance.spool_path,
+               Instance.preview_path, Instance.heatmap_path, Instance.display_path)
+        .join(Study, Study.id == Instance.study_id)
+        .where(Instance.id > after_id, _expired(cutoff, keep_report_due=keep_report_due))
+        .order_by(Instance.id).limit(limit)).all()
+    return [ExpiredInstance(*row) for row in rows]
+
+
+def mark_purged(session: Session, instances: Sequence[ExpiredInstance], *, cutoff: datetime, now: datetime,
+                days: int, keep_report_due: bool = False) -> list[ExpiredInstance]:
+    """Record that these instances' pixels are gone: their picture paths NULL, ``purged_at`` = ``now`` (the spool
+    path stays, as a record of where the copy was), and one audit event with the counts. The rule is checked again
+    here, so only the instances still expired are marked; those are returned, and only their files may be
+    deleted."""
+    by_id = {instance.instance_id: instance for instance in instances}
+    if not by_id:
+        return []
+    marked = session.scalars(
+        update(Instance)
+        .where(Instance.id.in_(by_id), _expired(cutoff, keep_report_due=keep_report_due))
+        .values(preview_path=None, heatmap_path=None, display_path=None, purged_at=now)
+        .returning(Instance.id)
+        .execution_options(synchronize_session=False)).all()
+    purged = [by_id[instance_id] for instance_id in sorted(marked)]
+    if purged:
+        files = sum(len(instance.files) for instance in purged)
+        record_audit(session, actor=AUDIT_ACTOR, action=AUDIT_ACTION,
+                     detail=f"{len(purged)} instance(s) of read studies processed over {days} day(s) ago: "
+                            f"{files} file(s) to delete")
+    return purged
+
+
+def purged_at(session: Session, study_uid: str, sop_instance_uid: str) -> datetime | None:
+    """When retention removed this instance's pictures (None: kept, or no such instance in the study)."""
+    return as_utc(session.scalar(
+        select(Instance.purged_at).join(Study, Study.id == Instance.study_id)
+        .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid == sop_instance_uid)))
+
+
+def purged_in_study(session: Session, study_uid: str) -> dict[str, datetime]:
+    """SOP Instance UID → when its pictures were removed, for the study's instances whose pictures are gone."""
+    rows = session.execute(
+        select(Instance.sop_instance_uid, Instance.purged_at).join(Study, Study.id == Instance.study_id)
+        .where(Study.study_instance_uid == study_uid, Instance.purged_at.is_not(None))).all()
+    return {sop: as_utc(at) for sop, at in rows if at is not None}
