@@ -651,6 +651,8 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         "augmentation": asdict(config.augmentation) if config.augment else None,
         "horizontal_flip": False, "init": str(config.init_weights) if config.init_weights else "random",
         "seed": config.seed, "stop_reason": stop_reason, "wall_minutes": round(wall_seconds / 60, 1),
+        # the whole run's epochs (training + validation), across resumed legs; wall_minutes is this process's
+        "epoch_minutes": round(sum(r["train_seconds"] + r["val_seconds"] for r in history) / 60, 1),
         "device": str(pick_device(config.device)),
         "precision": precision_name(autocast_dtype(pick_device(config.device), config.allow_bf16)),
         "sampling": config.balance, "images_per_epoch": config.epoch_images or data["summary"]["train_images"],
