@@ -116,7 +116,7 @@ class Algorithm:
     """What produced the result: recorded so a reader can tell which model and weights made each score."""
 
     name: str  # e.g. "cxr-triage pneumonia triage (ResNet50)"
-    version: str  # model version, e.g. "cxr-resnet50-kermany-v1"
+    version: str  # model version, e.g. "cxr-resnet50-mixed-v8"
     weights_sha256: str  # 64 hex chars
     software_version: str  # the cxr-triage package version
 

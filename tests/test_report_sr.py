@@ -37,7 +37,7 @@ from dicom_io.synthetic import chest_dataset
 
 from conftest import real_dicom_files
 
-ALGORITHM = Algorithm(name="cxr-triage pneumonia triage (ResNet50)", version="cxr-resnet50-kermany-v1",
+ALGORITHM = Algorithm(name="cxr-triage pneumonia triage (ResNet50)", version="cxr-resnet50-mixed-v8",
                       weights_sha256="0123456789abcdef" * 4, software_version="0.1.0")
 WHEN = datetime(2024, 5, 6, 7, 8, 9)
 
