@@ -7,7 +7,7 @@ Null for every existing row (nothing was ever purged). Batch mode for SQLite.
 
 Revision ID: 0010
 Revises: 0009
-Create Date: 2026-12-20 09:00:00
+Create Date: 2026-12-06 07:30:00
 """
 from alembic import op
 import sqlalchemy as sa
