@@ -433,14 +433,15 @@ def worklist_version(session: Session) -> str:
 
 
 def study_version(session: Session, study_uid: str) -> str | None:
-    """Like ``worklist_version`` for one study's page (its result, read state and each image's status); None when
-    there is no such study."""
+    """Like ``worklist_version`` for one study's page (its result, read state, each image's status and whether
+    retention removed its pictures); None when there is no such study."""
     study = session.execute(select(Study.id, Study.updated_at, Study.read_at, Study.read_by)
                             .where(Study.study_instance_uid == study_uid)).first()
     if study is None:
         return None
     instances = session.execute(
-        select(Instance.sop_instance_uid, Instance.status, Instance.receive_count, Instance.finished_at)
+        select(Instance.sop_instance_uid, Instance.status, Instance.receive_count, Instance.finished_at,
+               Instance.purged_at)
         .where(Instance.study_id == study.id).order_by(Instance.sop_instance_uid)).all()
     return _version_token(session, *study, *(value for row in instances for value in row))
 
