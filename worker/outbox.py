@@ -8,7 +8,6 @@ idempotent, so a duplicate costs a no-op, never a second result.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.ingest import WorkItem, mark_queued, queued_count, stranded
 from worker.celery_app import CLASSIFY_TASK
 from worker.config import WorkerConfig
+from worker.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class OutboxSweeper:
         self.config = config
         self.sessions = sessions
         self.publish = publish
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The first sweep runs in the caller at start (IngestService), then one every interval.
+        self._periodic = PeriodicTask("outbox-sweeper", config.sweep_interval_s, lambda: self.sweep_once())
 
     def sweep_once(self) -> int:
         now = datetime.now(UTC)
@@ -97,18 +97,8 @@ class OutboxSweeper:
             return datetime.min.replace(tzinfo=UTC)
         return requeue_before
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.sweep_interval_s):
-            try:
-                self.sweep_once()
-            except Exception:
-                log.exception("outbox sweep failed; trying again in %.0f s", self.config.sweep_interval_s)
-
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="outbox-sweeper", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._periodic.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +29,7 @@ from dicom_io.sender import send_files
 from dicom_io.spool import Spool
 from worker.config import DicomDestination, HostPort, ReportingConfig
 from worker.hl7_result import TriageObservation, build_oru, send_oru
+from worker.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ class Reporter:
         self.store = Spool(config.reports_dir)
         self.senders: dict[str, Sender] = senders or {"dicom": self._send_dicom, "stow": self._send_stow,
                                                       "hl7": self._send_hl7}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicTask("reporter", config.interval_s, lambda: self.run_once(),
+                                      join_timeout_s=config.send_timeout_s + 10)
 
     # --- report versions ----------------------------------------------------------------------------------------
 
@@ -228,19 +228,9 @@ class Reporter:
         self.make_reports()
         self.deliver_due()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.config.interval_s):
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("reporter pass failed; trying again in %.0f s", self.config.interval_s)
-
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.config.send_timeout_s + 10)
+        self._periodic.stop()
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import retention
 from worker.config import WorkerConfig
+from worker.periodic import PeriodicTask
 
 log = logging.getLogger(__name__)
 
@@ -157,25 +158,15 @@ class RetentionSweeper:
         self.config = config
         self.sessions = sessions
         self.keep_report_due = keep_report_due
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicTask("retention", config.retention_interval_s, lambda: self.run_once(),
+                                      immediately=True, join_timeout_s=30)
 
     def run_once(self) -> RetentionReport:
-        return purge_expired(self.sessions, self.config, keep_report_due=self.keep_report_due, stop=self._stop)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("retention pass failed; trying again in %.0f s", self.config.retention_interval_s)
-            self._stop.wait(self.config.retention_interval_s)
+        return purge_expired(self.sessions, self.config, keep_report_due=self.keep_report_due,
+                             stop=self._periodic.stopping)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._periodic.stop()
