@@ -105,11 +105,3 @@ def purged_at(session: Session, study_uid: str, sop_instance_uid: str) -> dateti
     return as_utc(session.scalar(
         select(Instance.purged_at).join(Study, Study.id == Instance.study_id)
         .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid == sop_instance_uid)))
-
-
-def purged_in_study(session: Session, study_uid: str) -> dict[str, datetime]:
-    """SOP Instance UID → when its pictures were removed, for the study's instances whose pictures are gone."""
-    rows = session.execute(
-        select(Instance.sop_instance_uid, Instance.purged_at).join(Study, Study.id == Instance.study_id)
-        .where(Study.study_instance_uid == study_uid, Instance.purged_at.is_not(None))).all()
-    return {sop: as_utc(at) for sop, at in rows if at is not None}

@@ -161,6 +161,7 @@ class InstanceRow:
     has_preview: bool
     has_heatmap: bool
     has_display: bool
+    purged_at: datetime | None  # when the retention policy removed its pictures (None: kept)
 
 
 @dataclass(frozen=True)
@@ -495,6 +496,7 @@ def _instance_row(instance: Instance, threshold: float | None) -> InstanceRow:
         has_preview=bool(instance.preview_path),
         has_heatmap=bool(instance.heatmap_path),
         has_display=bool(instance.display_path),
+        purged_at=as_utc(instance.purged_at),
     )
 
 

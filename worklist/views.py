@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db import reports, retention
+from db import reports
 from db.model_registry import untrained_models_in_use
 from db.worklist import DEFAULT_BORDERLINE_BAND, WorklistEntry, study_detail
 from worklist import schemas
@@ -55,7 +55,6 @@ def study_body(db: Session, study_uid: str, prefix: str,
     detail = study_detail(db, study_uid, borderline_band=borderline_band)
     if detail is None:
         raise Problem(404, "study not found")
-    purged = retention.purged_in_study(db, study_uid)
     instances = [
         Overlay(instance,
                 preview_url=image_url(prefix, study_uid, instance.sop_instance_uid, "preview")
@@ -63,8 +62,7 @@ def study_body(db: Session, study_uid: str, prefix: str,
                 heatmap_url=image_url(prefix, study_uid, instance.sop_instance_uid, "heatmap")
                 if instance.has_heatmap else None,
                 display_url=image_url(prefix, study_uid, instance.sop_instance_uid, "display")
-                if instance.has_display else None,
-                purged_at=purged.get(instance.sop_instance_uid))
+                if instance.has_display else None)
         for instance in detail.instances
     ]
     return schemas.StudyDetail.model_validate(Overlay(
