@@ -87,6 +87,9 @@ class TrainConfig:
     teacher: Path | None = None
     distill_weight: float = 1.0
     distill_population: str = "pediatric"
+    # An exponential moving average of the weights (parameters and BatchNorm statistics), decay per step; 0 = off.
+    # The average is what is validated and written, which smooths the epoch-to-epoch noise of small-batch SGD.
+    ema_decay: float = 0.0
     device: str = ""
     max_minutes: float | None = None
     output: Path | None = None
@@ -421,6 +424,9 @@ class TrainingRun:
             logger.text(f"teacher {self.teacher.version} ({self.teacher.spec.size}px) on "
                         f"{int(self.distilled.sum())} {config.distill_population} training images, "
                         f"weight {config.distill_weight:g}")
+        average = torch.optim.swa_utils
+        self.ema = (average.AveragedModel(self.network, multi_avg_fn=average.get_ema_multi_avg_fn(config.ema_decay),
+                                          use_buffers=True) if config.ema_decay else None)
         self.precision = autocast_dtype(self.device, config.allow_bf16)
         self.selected = selection_mask(data["val"])
         self.plan = epoch_plan(config.stages)
@@ -442,6 +448,8 @@ class TrainingRun:
             if state.get("plan") == [list(p) for p in self.plan]:
                 self.network.load_state_dict(state["network"])
                 self.optimizer.load_state_dict(state["optimizer"])
+                if self.ema is not None and "ema" in state:
+                    self.ema.load_state_dict(state["ema"])
                 self.start_epoch, self.step = state["epoch"] + 1, state["step"]
                 self.history, self.best = state["history"], state["best"]
                 torch.set_rng_state(state["torch_rng"])
@@ -557,14 +565,22 @@ class TrainingRun:
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), config.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.network)
         return float(loss.detach())
 
     def validate(self, epoch: int, loss: float, seen: int, lr: float, train_seconds: float) -> dict[str, Any]:
         """Score the validation images, log the epoch and keep it as the best when it is."""
         config, (size, fraction) = self.config, self.plan[epoch]
         val_start = time.time()
-        scores = predict_cache(self.network, self.data["val_cache"], size, self.spec, self.device,
+        scores = predict_cache(self.validated_network, self.data["val_cache"], size, self.spec, self.device,
                                precision=self.precision)
+        raw_auc = None
+        if self.ema is not None:  # the raw weights too, so the log shows what the average adds
+            raw = predict_cache(self.network, self.data["val_cache"], size, self.spec, self.device,
+                                precision=self.precision)
+            raw_auc = {name: entry["auc"]
+                       for name, entry in population_metrics(raw, self.data["val"])["populations"].items()}
         val_seconds = time.time() - val_start
         by_population = population_metrics(scores, self.data["val"])
         selected, labels = scores[self.selected], self.val_labels[self.selected]
@@ -585,28 +601,39 @@ class TrainingRun:
                   "val_accuracy_at_0.5": float(np.mean((scores >= 0.5) == (self.val_labels == 1))),
                   "val_auc_all": roc_auc(scores, self.val_labels), "val_selection_score": score,
                   "val_by_population": by_population,
+                  "weights": "ema" if self.ema is not None else "raw", "val_auc_raw_by_population": raw_auc,
                   "improved": improved, "epochs_without_gain": self.epochs_without_gain,
                   "time_utc": datetime.now(UTC).isoformat(timespec="seconds")}
         self.history.append(record)
         self.logger.epoch(record)
         aucs = ", ".join(f"{name} {entry['auc']:.4f}" for name, entry in by_population["populations"].items()
                          if entry["auc"] is not None)
+        if raw_auc:
+            aucs += "; raw weights " + ", ".join(f"{name} {value:.4f}" for name, value in raw_auc.items()
+                                                  if value is not None)
         self.logger.text(f"epoch {epoch + 1} done: {size}px loss {loss:.4f} val AUC {auc:.4f} ({aucs}) "
                          f"spec@sens{config.target_sensitivity:g} {specificity:.3f} ({train_seconds / 60:.1f}+"
                          f"{val_seconds / 60:.1f} min){' *best*' if improved else ''}")
         np.save(config.out / f"val_scores_epoch{epoch + 1}.npy", scores)
         if improved:
             self.best = {"auc": auc, "score": score, "epoch": epoch + 1, "size": size}
-            torch.save({k: v.detach().cpu() for k, v in self.network.state_dict().items()}, config.out / "best.pt")
+            torch.save({k: v.detach().cpu() for k, v in self.validated_network.state_dict().items()},
+                       config.out / "best.pt")
             np.save(config.out / "best_val_scores.npy", scores)
         return record
+
+    @property
+    def validated_network(self) -> torch.nn.Module:
+        """What is validated and written: the weight average when there is one, else the network itself."""
+        return self.ema.module if self.ema is not None else self.network
 
     def save(self, epoch: int) -> None:
         """The resumable state after ``epoch`` (0-based), written atomically."""
         part = self.state_path.with_suffix(".part")
         torch.save({"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "epoch": epoch, "step": self.step, "history": self.history, "best": self.best,
-                    "plan": [list(p) for p in self.plan], "torch_rng": torch.get_rng_state()}, part)
+                    "plan": [list(p) for p in self.plan], "torch_rng": torch.get_rng_state(),
+                    **({"ema": self.ema.state_dict()} if self.ema is not None else {})}, part)
         part.replace(self.state_path)
 
 
@@ -657,6 +684,7 @@ def finish(config: TrainConfig, data: dict[str, Any], history: list[dict[str, An
         "precision": precision_name(autocast_dtype(pick_device(config.device), config.allow_bf16)),
         "sampling": config.balance, "images_per_epoch": config.epoch_images or data["summary"]["train_images"],
         "equalize": config.equalize, "pediatric_share": config.pediatric_share,
+        "weight_average": f"EMA, decay {config.ema_decay} per step" if config.ema_decay else None,
         "teacher": ({"version": read_metadata(config.teacher).version, "sha256": file_sha256(config.teacher),
                      "weight": config.distill_weight, "population": config.distill_population}
                     if config.teacher else None),

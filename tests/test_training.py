@@ -355,3 +355,27 @@ def test_a_teacher_reads_images_as_the_worker_reads_them_and_is_recorded(tiny_ru
     recipe = read_metadata(config.output).training_data["recipe"]
     assert recipe["teacher"]["version"] == "tiny-test" and recipe["teacher"]["weight"] == 2.0
     assert len(recipe["teacher"]["sha256"]) == 64
+
+
+def test_a_weight_average_is_what_is_validated_written_and_resumed(tiny_run: dict, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from model.checkpoint import load_checkpoint, read_metadata
+    from model.train import parse_stages, train
+
+    config = replace(tiny_run["config"], out=tmp_path / "run", output=tmp_path / "m.safetensors",
+                     stages=parse_stages("32:1"), min_auc=0.0, bootstrap=10, ema_decay=0.9)
+    summary = train(config)
+    assert [h["weights"] for h in summary["history"]] == ["ema"]
+    assert summary["history"][0]["val_auc_raw_by_population"]  # the raw weights are scored too
+    state = torch.load(config.out / "last.pt", map_location="cpu", weights_only=False)
+    average = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    written, raw = load_checkpoint(config.output).network.state_dict(), state["network"]
+    torch.testing.assert_close(written["fc.weight"].float(), average["fc.weight"].float(), atol=2e-3, rtol=0)
+    assert not torch.allclose(raw["fc.weight"].float(), average["fc.weight"].float(), atol=2e-3)  # not the last step
+    assert "EMA, decay 0.9" in read_metadata(config.output).training_data["recipe"]["weight_average"]
+    assert "raw weights" in (config.out / "train.log").read_text()
+
+    again = train(config)  # the same plan resumes with its average and trains nothing more
+    assert "resumed after epoch" in (config.out / "train.log").read_text()
+    assert again["history"] == summary["history"]

@@ -86,6 +86,9 @@ def train_command(
     distill_weight: Annotated[float, typer.Option(help="Weight of the teacher's soft targets in the loss.")] = 1.0,
     distill_population: Annotated[str, typer.Option(help="Population whose images the teacher scores.")
                                   ] = "pediatric",
+    ema_decay: Annotated[float, typer.Option(help="Validate and write an exponential moving average of the weights "
+                                                  "with this decay per step (e.g. 0.998); 0 = off.",
+                                             min=0.0, max=0.9999)] = 0.0,
     device: Annotated[str, typer.Option(help="torch device; empty = cuda when available.")] = "",
     max_minutes: Annotated[float | None, typer.Option(help="Stop before an epoch that would end after this.")
                            ] = None,
@@ -111,7 +114,7 @@ def train_command(
         device=device, max_minutes=max_minutes, output=output, min_auc=min_auc, version=version,
         bootstrap=bootstrap, threads=threads, finish_only=finish_only, equalize=equalize, epoch_images=epoch_images,
         allow_bf16=bf16, pediatric_share=pediatric_share, teacher=teacher, distill_weight=distill_weight,
-        distill_population=distill_population)
+        distill_population=distill_population, ema_decay=ema_decay)
     console.print(f"run folder {run} (epochs.jsonl, train.log; rerun the same command to resume)")
     with _progress() as progress:
         bars: dict[int, TaskID] = {}
