@@ -44,7 +44,7 @@ COPY pyproject.toml ./
 RUN python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 print('\n'.join(d for d in deps if re.split(r'[<>=!~;\[ ]', d)[0].lower() not in {'torch', 'torchvision'}))" \
         > /tmp/requirements.txt \
-    && echo "setuptools>=68" >> /tmp/requirements.txt && echo wheel >> /tmp/requirements.txt \
+    && echo "setuptools>=77" >> /tmp/requirements.txt && echo wheel >> /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
