@@ -153,7 +153,8 @@ def record_received(session: Session, record: ReceivedRecord) -> WorkItem:
         preview_path=None,
         heatmap_path=None,
         display_path=None,
-        purged_at=None,
+        purged_at=None,  # the new copy's pixels are live (a pending purge's files are its old ones, or kept)
+        pixels_deleted_at=None,
     )
     if study.read_at is not None:
         # New pixels in a study someone had read: it is unread again (it may even be flagged now).

@@ -7,7 +7,21 @@ import enum
 from datetime import UTC, date, datetime
 from typing import overload
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -100,6 +114,9 @@ class Study(Base):
     reports: Mapped[list[StudyReport]] = relationship(back_populates="study", order_by="StudyReport.version")
 
 
+PURGE_PENDING = "purged_at IS NOT NULL AND pixels_deleted_at IS NULL"
+
+
 class Instance(Base):
     __tablename__ = "instances"
 
@@ -125,7 +142,7 @@ class Instance(Base):
     assumptions: Mapped[str | None] = mapped_column(String(256), nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)  # retention selects by it
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # The current result, copied from ``results`` (which keeps one row per model version) for cheap queries.
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -135,9 +152,17 @@ class Instance(Base):
     preview_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     heatmap_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     display_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # full-resolution display image PNG
-    # When the retention policy deleted its pixels (spool copy and PNGs; the paths above are then NULL, spool_path
-    # stays as a record of where the copy was); None while they are kept. A re-sent copy clears it (migration 0010).
+    # When the retention policy removed its pixels (spool copy and PNGs): from then on every reader treats them as
+    # gone, whatever the paths say; None while they are kept. A re-sent copy clears it (migration 0010).
     purged_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # When retention's deletion of those files was done (the paths above are then NULL; spool_path stays as a record
+    # of where the copy was). Purged but None: a crash or a file that could not be deleted left it pending, and the
+    # next pass finds the files by their paths (migration 0011).
+    pixels_deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    # Retention looks for pending purges every hour: a partial index keeps that a lookup of the few, not a scan.
+    __table_args__ = (Index("ix_instances_purge_pending", "id", sqlite_where=text(PURGE_PENDING),
+                            postgresql_where=text(PURGE_PENDING)),)
 
     study: Mapped[Study] = relationship(back_populates="instances")
 

@@ -31,7 +31,7 @@ class ImageOutcome:
     status: str  # DONE, NOT_ANALYSED or FAILED
     score: float | None
     reason: str | None
-    spool_path: str  # where its header is read from (not part of the signature)
+    spool_path: str | None  # where its header is read from (not part of the signature); None: purged by retention
     heatmap_path: str | None = None  # the worker's Grad-CAM PNG, for the optional Secondary Capture (idem)
 
 
@@ -111,14 +111,21 @@ def snapshot(session: Session, study_id: int) -> ResultSnapshot | None:
         return None
     instances = session.scalars(select(Instance).where(Instance.study_id == study_id)
                                 .order_by(Instance.sop_instance_uid)).all()
-    images = tuple(ImageOutcome(i.sop_instance_uid, i.sop_class_uid, i.series_instance_uid, i.status.value,
-                                i.score, i.reason, i.spool_path, i.heatmap_path) for i in instances)
+    images = tuple(_outcome(i) for i in instances)
     version, sha256 = study.model_version, study.model_sha256
     if sha256 is None:  # nothing was scored: the report still names the model the workers run
         latest = newest_model(session)
         version, sha256 = (latest.version, latest.sha256) if latest else (None, None)
     return ResultSnapshot(study.study_instance_uid, study.status.value, study.score, study.threshold, study.flag,
                           study.reason, version, sha256, images)
+
+
+def _outcome(instance: Instance) -> ImageOutcome:
+    """A purged image's files are gone for the report even while retention has yet to delete them: no paths."""
+    kept = instance.purged_at is None
+    return ImageOutcome(instance.sop_instance_uid, instance.sop_class_uid, instance.series_instance_uid,
+                        instance.status.value, instance.score, instance.reason,
+                        instance.spool_path if kept else None, instance.heatmap_path if kept else None)
 
 
 def previous_reports(session: Session, study_id: int) -> list[PreviousReport]:

@@ -1,4 +1,5 @@
-"""Retention: which instances' pixels may go, marking them gone, and what the API says about them afterwards.
+"""Retention: which instances' pixels may go, marking them gone, recording their files deleted, and what the API
+says about them afterwards.
 
 An instance's pixels (the spooled DICOM copy and the preview, heat map and full-size PNGs) expire only when nothing
 may still need them: the instance finished with a result that stands (DONE or NOT_ANALYSED; a FAILED one's spooled
@@ -6,6 +7,10 @@ copy is the only one a retry has), a radiologist has read its study (an unread s
 it finished before the cutoff, and no report of its study is still waiting to be delivered (the SR is built from the
 spooled headers and the heat map). The rows, results and audit trail stay. Functions on a Session: callers own the
 transaction.
+
+Marking (purged_at) comes first and is what every reader goes by; the paths stay until the files are deleted and a
+second transaction records it (pixels_deleted_at, paths NULL). An instance marked but not recorded deleted is
+pending: a crash or an undeletable file left files that the next pass still finds by their paths.
 """
 
 from __future__ import annotations
@@ -48,6 +53,13 @@ class ExpiredInstance:
                      if path)
 
 
+@dataclass(frozen=True)
+class PendingInstance(ExpiredInstance):
+    """An instance marked purged whose files were not all recorded deleted (a crash, a file that could not go)."""
+
+    purged_at: datetime  # when it was marked: a file written after it is a re-sent copy, never the expired one
+
+
 def _expired(cutoff: datetime, *, keep_report_due: bool) -> ColumnElement[bool]:
     """The whole rule as one condition, used to select and again to mark (a study marked unread, a new delivery or
     a re-sent copy between the two keeps its pixels). ``keep_report_due``: where results go back, a study waiting
@@ -78,17 +90,17 @@ def expired(session: Session, *, cutoff: datetime, limit: int = 500, after_id: i
 
 def mark_purged(session: Session, instances: Sequence[ExpiredInstance], *, cutoff: datetime, now: datetime,
                 days: int, keep_report_due: bool = False) -> list[ExpiredInstance]:
-    """Record that these instances' pixels are gone: their picture paths NULL, ``purged_at`` = ``now`` (the spool
-    path stays, as a record of where the copy was), and one audit event with the counts. The rule is checked again
-    here, so only the instances still expired are marked; those are returned, and only their files may be
-    deleted."""
+    """Record that these instances' pixels are gone for every reader (``purged_at`` = ``now``) and write one audit
+    event with the counts. The paths stay, so that files a crash leaves behind are still found (``pending``); the
+    rule is checked again here, so only the instances still expired are marked; those are returned, and only their
+    files may be deleted."""
     by_id = {instance.instance_id: instance for instance in instances}
     if not by_id:
         return []
     marked = session.scalars(
         update(Instance)
         .where(Instance.id.in_(by_id), _expired(cutoff, keep_report_due=keep_report_due))
-        .values(preview_path=None, heatmap_path=None, display_path=None, purged_at=now)
+        .values(purged_at=now, pixels_deleted_at=None)
         .returning(Instance.id)
         .execution_options(synchronize_session=False)).all()
     purged = [by_id[instance_id] for instance_id in sorted(marked)]
@@ -98,6 +110,41 @@ def mark_purged(session: Session, instances: Sequence[ExpiredInstance], *, cutof
                      detail=f"{len(purged)} instance(s) of read studies processed over {days} day(s) ago: "
                             f"{files} file(s) to delete")
     return purged
+
+
+def _pending() -> ColumnElement[bool]:
+    return and_(Instance.purged_at.is_not(None), Instance.pixels_deleted_at.is_(None))
+
+
+def pending(session: Session, *, limit: int = 500, after_id: int = 0) -> list[PendingInstance]:
+    """Up to ``limit`` instances marked purged whose files were not recorded deleted, with an id above ``after_id``,
+    in id order (a batch, like ``expired``)."""
+    rows = session.execute(
+        select(Instance.id, Instance.sop_instance_uid, Study.study_instance_uid, Instance.spool_path,
+               Instance.preview_path, Instance.heatmap_path, Instance.display_path, Instance.purged_at)
+        .join(Study, Study.id == Instance.study_id)
+        .where(Instance.id > after_id, _pending())
+        .order_by(Instance.id).limit(limit)).all()
+    return [_pending_instance(*row) for row in rows]
+
+
+def _pending_instance(instance_id: int, sop_uid: str, study_uid: str, spool: str, preview: str | None,
+                      heatmap: str | None, display: str | None, marked: datetime | None) -> PendingInstance:
+    assert marked is not None  # selected by purged_at IS NOT NULL
+    return PendingInstance(instance_id, sop_uid, study_uid, spool, preview, heatmap, display, as_utc(marked))
+
+
+def mark_deleted(session: Session, instance_ids: Sequence[int], *, now: datetime) -> int:
+    """Record that these purged instances' files are gone (or were a re-sent copy, kept): picture paths NULL,
+    ``pixels_deleted_at`` = ``now``. Only pending rows change: a copy re-sent meanwhile cleared ``purged_at``, and
+    its paths are its own. The number of rows changed."""
+    if not instance_ids:
+        return 0
+    return len(session.scalars(
+        update(Instance).where(Instance.id.in_(instance_ids), _pending())
+        .values(preview_path=None, heatmap_path=None, display_path=None, pixels_deleted_at=now)
+        .returning(Instance.id)
+        .execution_options(synchronize_session=False)).all())
 
 
 def purged_at(session: Session, study_uid: str, sop_instance_uid: str) -> datetime | None:

@@ -493,21 +493,24 @@ def _instance_row(instance: Instance, threshold: float | None) -> InstanceRow:
         receive_count=instance.receive_count,
         received_at=as_utc(instance.received_at),
         finished_at=as_utc(instance.finished_at),
-        has_preview=bool(instance.preview_path),
-        has_heatmap=bool(instance.heatmap_path),
-        has_display=bool(instance.display_path),
+        # A purged picture is gone, even while its path waits for retention to record the file deleted.
+        has_preview=bool(instance.preview_path) and instance.purged_at is None,
+        has_heatmap=bool(instance.heatmap_path) and instance.purged_at is None,
+        has_display=bool(instance.display_path) and instance.purged_at is None,
         purged_at=as_utc(instance.purged_at),
     )
 
 
 def instance_image_path(session: Session, study_uid: str, sop_instance_uid: str, kind: str) -> str | None:
     """The stored path of an instance's ``preview``, ``heatmap`` or full-resolution ``display`` PNG (None: no such
-    instance in the study, or no such picture)."""
+    instance in the study, no such picture, or the retention policy removed it: its path stays set until retention
+    records the file deleted, and a crash may leave the file there meanwhile)."""
     column = {"preview": Instance.preview_path, "heatmap": Instance.heatmap_path,
               "display": Instance.display_path}[kind]
     return session.scalar(
         select(column).join(Study, Study.id == Instance.study_id)
-        .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid == sop_instance_uid))
+        .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid == sop_instance_uid,
+               Instance.purged_at.is_(None)))
 
 
 def set_read(session: Session, study_uid: str, *, read: bool, actor: str) -> Study | None:

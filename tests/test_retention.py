@@ -1,10 +1,13 @@
 """Retention of stored pixels (db.retention, worker.retention, ``cxr-triage purge``, the API's 410) on SQLite and
 PostgreSQL: a read study's old, finished images lose their spooled copy and pictures (the rows stay, marked), while
 unread studies, FAILED and unfinished images, recent ones and studies whose report is still being delivered keep
-theirs; a dry run changes nothing; a re-sent copy is live again and never deleted."""
+theirs; a dry run changes nothing; a re-sent copy is live again and never deleted; a crash after the mark or a file
+that cannot be deleted leaves the instance pending (gone for every reader, its paths kept) until a later pass
+deletes its files."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -17,7 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import ingest, reports
+from db import ingest, reports, retention
 from db.models import AuditEvent, DeliveryStatus, Instance, InstanceStatus, Study, StudyReport, as_utc, utcnow
 from db.worklist import set_read
 from worker.config import WorkerConfig
@@ -92,9 +95,29 @@ def assert_purged(sessions: sessionmaker[Session], image: Stored) -> None:
     assert not any(path.exists() for path in image.files), image.sop
     instance = row(sessions, image.sop)
     assert (instance.preview_path, instance.heatmap_path, instance.display_path) == (None, None, None)
-    assert instance.purged_at is not None
+    assert instance.purged_at is not None and instance.pixels_deleted_at is not None
     assert instance.spool_path == str(image.files[0])  # kept as the record of where the copy was
     assert instance.status in (InstanceStatus.DONE, InstanceStatus.NOT_ANALYSED)  # the result stays
+
+
+def assert_pending(sessions: sessionmaker[Session], image: Stored, *, on_disk: tuple[Path, ...]) -> None:
+    """Marked purged, its files not recorded deleted: the paths stay so that a later pass finds ``on_disk``."""
+    assert [path for path in image.files if path.exists()] == list(on_disk), image.sop
+    instance = row(sessions, image.sop)
+    assert instance.purged_at is not None and instance.pixels_deleted_at is None
+    assert [p for p in (instance.spool_path, instance.preview_path, instance.heatmap_path, instance.display_path)
+            if p] == [str(path) for path in image.files]
+
+
+def crash_after_marking(sessions: sessionmaker[Session], now: datetime | None = None) -> list[str]:
+    """What a pass does before a crash cuts it short: the expired instances marked purged and committed; no file
+    deleted. The SOP UIDs marked."""
+    now = now or utcnow()
+    cutoff = now - timedelta(days=DAYS)
+    with sessions.begin() as session:
+        marked = retention.mark_purged(session, retention.expired(session, cutoff=cutoff), cutoff=cutoff, now=now,
+                                       days=DAYS)
+    return [instance.sop_instance_uid for instance in marked]
 
 
 def assert_kept(sessions: sessionmaker[Session], image: Stored) -> None:
@@ -211,7 +234,7 @@ def test_a_resent_instance_is_live_again(sessions: sessionmaker[Session], tmp_pa
     copy = _file(image.files[0], "spool", utcnow())  # the sender sends it again: same SOP UID, same spool path
     receive(sessions, "10.1", "s.10", spool_path=str(copy))
     resent = row(sessions, "10.1")
-    assert resent.purged_at is None and resent.status == InstanceStatus.RECEIVED
+    assert resent.purged_at is None and resent.pixels_deleted_at is None and resent.status == InstanceStatus.RECEIVED
     assert purge_expired(sessions, config(tmp_path)).instances == 0  # new work: unfinished and unread
     assert copy.is_file()
 
@@ -237,10 +260,111 @@ def test_a_file_that_cannot_be_deleted_is_logged_with_uids_and_counted(
     with caplog.at_level(logging.WARNING, logger="worker.retention"):
         report = purge_expired(sessions, config(tmp_path))
     assert (report.instances, report.files_not_removed, report.files_removed) == (1, 1, len(image.files) - 1)
-    assert row(sessions, "12.1").purged_at is not None
+    assert report.left_pending == 1 and row(sessions, "12.1").purged_at is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "12.1" in warnings[0] and "preview.png" in warnings[0]
     assert not any(word in caplog.text for word in ("DOE", "JANE", "P1", "A1"))
+
+
+# --- a pass cut short: the next one finishes it ------------------------------------------------------------------
+
+
+def test_a_crash_after_the_mark_is_finished_by_the_next_pass(sessions: sessionmaker[Session], tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    crashed = store(sessions, tmp_path, "17.1", "s.17")
+    assert crash_after_marking(sessions) == ["17.1"]
+    assert_pending(sessions, crashed, on_disk=crashed.files)
+    with sessions() as session:  # the report no longer reads the header or the heat map of a purged image
+        result = reports.snapshot(session, row(sessions, "17.1").study_id)
+    assert result is not None and [(i.spool_path, i.heatmap_path) for i in result.images] == [(None, None)]
+    later = store(sessions, tmp_path, "17.2", "s.17b")  # expired since: the same pass purges it
+    size = crashed.size
+    dry = purge_expired(sessions, config(tmp_path), dry_run=True)
+    assert dry == RetentionReport(days=DAYS, instances=1, resumed=1, bytes_freed=size + later.size, dry_run=True,
+                                  files_removed=len(crashed.files) + len(later.files))
+    assert_pending(sessions, crashed, on_disk=crashed.files)  # the dry run changed nothing
+    assert_kept(sessions, later)
+    later_size = later.size
+    with caplog.at_level(logging.INFO, logger="worker.retention"):
+        report = purge_expired(sessions, config(tmp_path))
+    assert replace(report, dry_run=True) == dry
+    assert_purged(sessions, crashed)
+    assert_purged(sessions, later)
+    assert report.bytes_freed == size + later_size
+    summary = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(summary) == 1 and "1 instance(s) purged, 1 left by an earlier pass taken up" in summary[0]
+    assert not any(word in caplog.text for word in ("DOE", "JANE", "P1", "A1"))
+    assert purge_expired(sessions, config(tmp_path)) == RetentionReport(days=DAYS)  # nothing pending any more
+
+
+def test_a_copy_a_crash_left_renamed_aside_is_settled_by_the_next_pass(sessions: sessionmaker[Session],
+                                                                        tmp_path: Path) -> None:
+    image = store(sessions, tmp_path, "22.1", "s.22")
+    marked = utcnow() - timedelta(minutes=5)
+    assert crash_after_marking(sessions, now=marked) == ["22.1"]
+    spool, preview = image.files[:2]
+    expired = spool.rename(spool.with_name(f".purging-{'a' * 32}-{spool.name}"))  # cut short before its deletion
+    resent = preview.rename(preview.with_name(f".purging-{'b' * 32}-{preview.name}"))  # a re-send's, set aside
+    os.utime(resent, (utcnow().timestamp(), utcnow().timestamp()))
+    other = spool.with_name(f".purging-{'c' * 32}-other-{spool.name}")  # another file's copy, not this one's
+    bystander = _file(other, "spool", utcnow() - timedelta(days=40))
+    report = purge_expired(sessions, config(tmp_path))
+    assert (report.resumed, report.left_pending) == (1, 0)
+    assert (report.files_removed, report.files_not_removed) == (len(image.files) - 1, 1)
+    assert not expired.exists() and not resent.exists() and bystander.is_file()
+    assert preview.is_file() and preview.stat().st_size == SIZES["preview"]  # put back where it was
+    instance = row(sessions, "22.1")
+    assert instance.pixels_deleted_at is not None and instance.preview_path is None
+
+
+def test_a_pending_instance_is_finished_even_after_the_retention_was_raised(sessions: sessionmaker[Session],
+                                                                            tmp_path: Path) -> None:
+    image = store(sessions, tmp_path, "21.1", "s.21")  # 40 days old, marked under 30 days
+    assert crash_after_marking(sessions) == ["21.1"]
+    report = purge_expired(sessions, config(tmp_path, days=60))  # its files are younger than the new cutoff
+    assert (report.resumed, report.files_removed, report.files_not_removed) == (1, len(image.files), 0)
+    assert_purged(sessions, image)
+
+
+def test_a_file_that_cannot_be_deleted_keeps_its_instance_pending_until_a_pass_deletes_it(
+        sessions: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image = store(sessions, tmp_path, "18.1", "s.18")
+    stuck = image.files[2]  # the heat map
+    rename = os.rename
+
+    def refuse_stuck(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if Path(source) == stuck:
+            raise PermissionError(errno.EACCES, "Permission denied", str(source))
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", refuse_stuck)
+    first = purge_expired(sessions, config(tmp_path))
+    assert (first.instances, first.resumed, first.left_pending) == (1, 0, 1)
+    assert (first.files_removed, first.files_not_removed) == (len(image.files) - 1, 1)
+    assert_pending(sessions, image, on_disk=(stuck,))
+    second = purge_expired(sessions, config(tmp_path))  # still refused: retried, still pending, nothing counted twice
+    assert second == RetentionReport(days=DAYS, resumed=1, files_not_removed=1, left_pending=1)
+    assert_pending(sessions, image, on_disk=(stuck,))
+    monkeypatch.setattr(os, "rename", rename)
+    third = purge_expired(sessions, config(tmp_path))
+    assert third == RetentionReport(days=DAYS, resumed=1, files_removed=1, bytes_freed=SIZES["heatmap"])
+    assert_purged(sessions, image)
+
+
+def test_a_copy_resent_to_a_pending_instance_is_never_deleted(sessions: sessionmaker[Session],
+                                                               tmp_path: Path) -> None:
+    image = store(sessions, tmp_path, "19.1", "s.19")
+    assert crash_after_marking(sessions, now=utcnow() - timedelta(minutes=5)) == ["19.1"]
+    _file(image.files[0], "spool", utcnow())  # re-sent after the mark, its row not committed yet
+    report = purge_expired(sessions, config(tmp_path))
+    assert (report.resumed, report.files_removed, report.files_not_removed, report.left_pending) == \
+        (1, len(image.files) - 1, 1, 0)
+    assert image.files[0].is_file() and not any(path.exists() for path in image.files[1:])
+    receive(sessions, "19.1", "s.19", spool_path=str(image.files[0]))  # its row: live again
+    resent = row(sessions, "19.1")
+    assert (resent.purged_at, resent.pixels_deleted_at, resent.status) == (None, None, InstanceStatus.RECEIVED)
+    assert purge_expired(sessions, config(tmp_path)) == RetentionReport(days=DAYS)
+    assert image.files[0].is_file()
 
 
 def test_the_ingest_service_runs_retention_only_when_it_is_set(sessions: sessionmaker[Session],
@@ -306,6 +430,30 @@ def test_a_purged_picture_is_410_gone_and_the_page_says_why(tmp_path: Path) -> N
     assert "No preview was stored" not in page and "/images/14.1/" not in page  # no broken image
 
 
+def test_a_purged_picture_still_on_disk_is_410_gone_everywhere(tmp_path: Path) -> None:
+    from worklist.app import create_app
+
+    client = TestClient(create_app(f"sqlite:///{tmp_path / 'api.sqlite3'}", api_token="s3cret",
+                                   retention_days=DAYS))
+    sessions = client.app.state.sessions  # type: ignore[attr-defined]
+    image = store(sessions, tmp_path, "20.1", "s.20")
+    url = "/api/studies/s.20/images/20.1/{}.png"
+    assert client.get(url.format("display"), headers=AUTH).status_code == 200
+    assert crash_after_marking(sessions) == ["20.1"]
+    assert_pending(sessions, image, on_disk=image.files)  # every picture still there, its path still set
+    for kind in ("preview", "heatmap", "display"):
+        gone = client.get(url.format(kind), headers=AUTH)
+        assert gone.status_code == 410, kind
+        assert as_utc(datetime.fromisoformat(gone.json()["purged_at"])) == as_utc(row(sessions, "20.1").purged_at)
+    item = client.get("/api/studies/s.20", headers=AUTH).json()["instances"][0]
+    assert item["purged_at"] is not None
+    assert (item["has_preview"], item["has_heatmap"], item["has_display"]) == (False, False, False)
+    assert (item["preview_url"], item["heatmap_url"], item["display_url"]) == (None, None, None)
+    page = client.get("/studies/s.20", headers=AUTH | {"Accept": "text/html"}).text
+    assert f"The images were removed by the retention policy after {DAYS} days." in page
+    assert "/images/20.1/" not in page
+
+
 def test_the_cli_purges_prints_the_counts_and_says_when_retention_is_off(database_url: str,
                                                                           tmp_path: Path) -> None:
     from typer.testing import CliRunner
@@ -333,6 +481,15 @@ def test_the_cli_purges_prints_the_counts_and_says_when_retention_is_off(databas
     assert f"1 instance(s) of read studies processed over {DAYS} day(s) ago" in done.output
     assert f"deleted {len(image.files)} file(s)" in done.output and f"({size} bytes)" in done.output
     assert_purged(sessions, image)
+    assert "left pending" not in done.output
+    crashed = store(sessions, tmp_path, "16.2", "s.16b")
+    assert crash_after_marking(sessions) == ["16.2"]
+    resumed = runner.invoke(app, ["purge"], env=env | {"TRIAGE_RETENTION_DAYS": str(DAYS)})
+    assert resumed.exit_code == 0, resumed.output
+    assert "0 instance(s) of read studies" in resumed.output and f"deleted {len(crashed.files)} file(s)" in \
+        resumed.output
+    assert "1 instance(s) left pending by an earlier pass taken up; 0 instance(s) left pending" in resumed.output
+    assert_purged(sessions, crashed)
     assert runner.invoke(app, ["purge", "--days", "0"], env=env).exit_code == 2  # 0 is "off", not "everything"
 
 

@@ -125,6 +125,10 @@ def purge(
                   f"{report.days} day(s) ago: {verb} {report.files_removed} file(s), "
                   f"{report.bytes_freed / 1e6:.1f} MB ({report.bytes_freed} bytes); "
                   f"{report.files_not_removed} file(s) {'would be ' if dry_run else ''}kept (see the log)")
+    if report.resumed or report.left_pending:  # a crash or an undeletable file left an earlier pass unfinished
+        console.print(f"{report.resumed} instance(s) left pending by an earlier pass {'would be ' if dry_run else ''}"
+                      f"taken up; {report.left_pending} instance(s) {'would be ' if dry_run else ''}left pending for "
+                      f"the next pass (a file could not be deleted)")
 
 
 @app.command("worklist")

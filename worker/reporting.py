@@ -102,6 +102,10 @@ class Reporter:
         findings = []
         headers: dict[str, Dataset] = {}
         for image in result.images:
+            if image.spool_path is None:  # gone by the retention policy, even if its file is still being deleted
+                log.info("study %s: image %s left out of the SR (removed by the retention policy)",
+                         result.study_instance_uid, image.sop_instance_uid)
+                continue
             try:
                 header = dcmread(image.spool_path, stop_before_pixels=True)
             except Exception as exc:
