@@ -13,7 +13,7 @@ import numpy as np
 from model.checkpoint import load_checkpoint
 from model.data import Sample, cached_dataset, deduplicate, discover
 from model.inference import pick_device
-from model.metrics import metrics_with_intervals
+from model.metrics import metrics_with_intervals, roc_auc, threshold_for_sensitivity
 from model.precision import autocast_dtype
 from model.train import population_metrics, predict_cache
 
@@ -58,5 +58,30 @@ def validation_report(run: Path, checkpoint: Path, threshold: float | None = Non
         chosen = np.array([s.population == population for s in samples])
         populations[population] = metrics_with_intervals(scores[chosen], labels[chosen], used, n_boot=n_boot)
     return {"model": loaded.metadata.version, "sha256": loaded.sha256, "threshold": used, "run": str(run),
-            "populations": populations, "sites": checks["sites"],
-            "same_class_site_auc": checks["same_class_site_auc"]}
+            "populations": populations, "positive_folders": positive_folders(scores, samples, used),
+            "sites": checks["sites"], "same_class_site_auc": checks["same_class_site_auc"]}
+
+
+def positive_folders(scores: np.ndarray, samples: list[Sample], threshold: float, sensitivity: float = 0.90
+                     ) -> dict[str, dict[str, Any]]:
+    """Each positive class folder (COVID, PNEUMONIA, …) of each population against that population's normals: the
+    questions a site asks of a triage flag ("does it catch COVID-19 in adults, and at what cost in normals?"). Also
+    the normals' specificity at the threshold that would catch ``sensitivity`` of that folder."""
+    result: dict[str, dict[str, Any]] = {}
+    for population in sorted({s.population for s in samples}):
+        negatives = scores[[s.population == population and s.label == 0 for s in samples]]
+        if not len(negatives):
+            continue
+        for folder in sorted({s.folder for s in samples if s.population == population and s.label == 1}):
+            positives = scores[[s.population == population and s.label == 1 and s.folder == folder
+                                for s in samples]]
+            both = np.concatenate([negatives, positives])
+            labels = np.concatenate([np.zeros(len(negatives), int), np.ones(len(positives), int)])
+            at_sensitivity = threshold_for_sensitivity(positives, np.ones(len(positives), int), sensitivity)
+            result[f"{population} {folder}"] = {
+                "n_positive": len(positives), "n_negative": len(negatives), "auc": roc_auc(both, labels),
+                "sensitivity": float(np.mean(positives >= threshold)),
+                "specificity": float(np.mean(negatives < threshold)),
+                "target_sensitivity": sensitivity,
+                "specificity_at_target_sensitivity": float(np.mean(negatives < at_sensitivity))}
+    return result

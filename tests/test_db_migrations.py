@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
 from db.engine import alembic_config, make_engine, make_session_factory, migrate
-from db.models import Instance, Study, as_utc, utcnow
+from db.models import Base, Instance, Study, as_utc, utcnow
 from db.worklist import worklist
 
 
@@ -125,7 +125,6 @@ def test_the_migrations_build_exactly_the_schema_the_models_declare(backend: str
     from alembic.migration import MigrationContext
 
     from conftest import _postgres_database
-    from db.models import Base
 
     urls = iter([f"sqlite:///{tmp_path / 'new.sqlite3'}"]) if backend == "sqlite" else _postgres_database()
     for url in urls:

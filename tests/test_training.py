@@ -379,3 +379,40 @@ def test_a_weight_average_is_what_is_validated_written_and_resumed(tiny_run: dic
     again = train(config)  # the same plan resumes with its average and trains nothing more
     assert "resumed after epoch" in (config.out / "train.log").read_text()
     assert again["history"] == summary["history"]
+
+
+def test_validation_report_scores_the_runs_own_split_as_training_did(tiny_run: dict) -> None:
+    from model.validation_report import validation_report
+
+    config = tiny_run["config"]
+    report = validation_report(config.out, config.output, n_boot=10)
+    trained = tiny_run["summary"]["validation_metrics"]
+    assert report["model"] == "tiny-test" and report["threshold"] == pytest.approx(trained["threshold"])
+    # The fp16 checkpoint through the serving path against the training loop's scores of the same images: with this
+    # tiny net and about 30 images, a few near-tied pairs may swap (each moves the AUC by about 0.005).
+    assert report["populations"]["adult"]["n"] == trained["n"]
+    assert report["populations"]["adult"]["auc"] == pytest.approx(trained["auc"], abs=0.05)
+    folder = report["positive_folders"]["adult PNEUMONIA"]  # the only positive folder: the same question
+    assert folder["auc"] == pytest.approx(report["populations"]["adult"]["auc"])
+    split = json.loads((config.out / "split.json").read_text())
+    assert folder["n_positive"] + folder["n_negative"] == len(split["val"])
+
+
+def test_each_positive_folder_is_judged_against_its_own_populations_normals() -> None:
+    from model.data import Sample
+    from model.validation_report import positive_folders
+
+    def sample(folder: str, label: int, population: str = "adult") -> Sample:
+        return Sample(Path(f"{folder}.png"), label, "p", folder, population=population)
+
+    samples = [sample("NORMAL", 0)] * 4 + [sample("COVID", 1)] * 2 + [sample("PNEUMONIA", 1)] * 2 + [
+        sample("NORMAL", 0, "pediatric"), sample("PNEUMONIA", 1, "pediatric")]
+    scores = np.array([0.1, 0.2, 0.3, 0.6, 0.9, 0.8, 0.25, 0.7, 0.5, 0.4])
+    folders = positive_folders(scores, samples, threshold=0.5, sensitivity=1.0)
+    assert set(folders) == {"adult COVID", "adult PNEUMONIA", "pediatric PNEUMONIA"}
+    covid, pneumonia = folders["adult COVID"], folders["adult PNEUMONIA"]
+    assert covid["auc"] == 1.0 and covid["sensitivity"] == 1.0 and covid["specificity"] == 0.75
+    assert covid["specificity_at_target_sensitivity"] == 1.0  # catching both COVID films (>= 0.8) flags no normal
+    assert pneumonia["auc"] == pytest.approx(6 / 8) and pneumonia["sensitivity"] == 0.5
+    assert pneumonia["specificity_at_target_sensitivity"] == 0.5  # catching 0.25 flags the normals at 0.3 and 0.6
+    assert folders["pediatric PNEUMONIA"]["auc"] == 0.0  # children against children's normals only

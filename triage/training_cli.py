@@ -211,6 +211,12 @@ def validation_report_command(
     console.print(f"model {report['model']} sha256 {report['sha256']} on the validation split of {run}")
     for population, metrics in report["populations"].items():
         console.print(f"\n[bold]{population}[/bold]\n{format_table(metrics)}")
+    console.print("\n[bold]each positive folder against its population's normals[/bold] (sensitivity and "
+                  "specificity at the threshold; specificity where that folder's sensitivity would be 0.90)")
+    for name, entry in report["positive_folders"].items():
+        console.print(f"  {name:<28} n {entry['n_positive']}/{entry['n_negative']}  AUC {entry['auc']:.4f}  "
+                      f"sens {entry['sensitivity']:.3f} spec {entry['specificity']:.3f}  "
+                      f"spec@sens{entry['target_sensitivity']:g} {entry['specificity_at_target_sensitivity']:.3f}")
     console.print("\n[bold]per site[/bold] (AUC, mean score of negatives / positives)")
     for site, entry in report["sites"].items():
         auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.4f}"
