@@ -82,6 +82,28 @@ def test_unknown_study_is_a_404_problem(client: TestClient) -> None:
     assert client.get("/api/studies/1.2.3/version", headers=AUTH).json()["version"] != token
 
 
+def test_the_study_version_carries_the_worklists_unread_flagged_count(client: TestClient) -> None:
+    """An open study page polls one URL a tick: its version tells it when to refresh, and unread_flagged (the
+    whole worklist's count, as /api/worklist/version gives it) raises the new-flag alerts."""
+    def counts() -> tuple[int, int]:
+        study = client.get("/api/studies/2.1/version", headers=AUTH)
+        listed = client.get("/api/worklist/version", headers=AUTH)
+        assert study.status_code == 200 and listed.status_code == 200
+        assert set(study.json()) == {"version", "unread_flagged"}
+        return study.json()["unread_flagged"], listed.json()["unread_flagged"]
+
+    add_study(client, "2.1", "2.1.1", score=0.2)  # the open study: not flagged
+    assert counts() == (0, 0)
+    add_study(client, "2.2", "2.2.1", score=0.9)  # flags raised elsewhere on the worklist
+    add_study(client, "2.3", "2.3.1", score=0.8)
+    assert counts() == (2, 2)
+    assert client.put("/api/studies/2.2/read", headers=AUTH).status_code == 200
+    assert counts() == (1, 1)
+    assert client.put("/api/studies/2.1/read", headers=AUTH).status_code == 200  # the open study is not flagged
+    assert counts() == (1, 1)
+    assert client.get("/api/studies/9.9/version", headers=AUTH).status_code == 404  # no count for a missing study
+
+
 def test_bad_filter_is_a_client_error(client: TestClient) -> None:
     response = client.get("/api/worklist?status=NOPE", headers=AUTH)
     assert response.status_code == 422

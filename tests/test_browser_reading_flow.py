@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
@@ -339,13 +340,35 @@ def test_alerts_are_asked_for_only_on_enable_alerts_and_a_new_flag_notifies_and_
     assert page.evaluate("window.__alerts[0]") == {"count": 1, "notified": False, "sound": True}
 
 
+# The tab's visibility, as the page sees it, set by the test (a headless page is never hidden by itself).
+HIDDEN = """
+(() => {
+  window.__hidden = false;
+  Object.defineProperty(Document.prototype, "hidden", { configurable: true, get: () => window.__hidden });
+  Object.defineProperty(Document.prototype, "visibilityState", {
+    configurable: true, get: () => (window.__hidden ? "hidden" : "visible") });
+})();
+"""
+
+
+def _set_hidden(page: Any, hidden: bool) -> None:
+    page.evaluate("hidden => { window.__hidden = hidden; document.dispatchEvent(new Event('visibilitychange')); }",
+                  hidden)
+
+
 def test_a_flag_arriving_while_a_study_is_open_counts_in_the_title_and_alerts_there_too(
         site: Site, open_page: Callable[..., Any]) -> None:
     """The reader is on a study page (most of the day): a flag raised elsewhere still updates the tab title, shows
-    the bar back to the worklist and fires the reader's alerts, with no patient data in the notification."""
-    page = open_page(permissions=["notifications"], init_script=SPY)
+    the bar back to the worklist and fires the reader's alerts, with no patient data in the notification, also
+    while the tab is hidden (alerts on). The page polls one URL a tick, its study's version, which carries the
+    worklist's count: never /api/worklist/version, and never the page itself while the study is unchanged."""
+    page = open_page(permissions=["notifications"], init_script=SPY + HIDDEN)
+    requests: list[tuple[str, str]] = []  # (resource type, path) of every request the page makes, in order
+    page.on("request", lambda request: requests.append((request.resource_type, urlsplit(request.url).path)))
     opened = site.add("OPEN^STUDY", score=0.2)
-    page.goto(f"/studies/{opened}")
+    study_path, version_path = f"/studies/{opened}", f"/api/studies/{opened}/version"
+    page.goto(study_path)
+    expect(page.locator("#live-status")).to_have_attribute("data-version-url", version_path)
     count = site.unread_flagged()
     expect(page).to_have_title(re.compile(rf"^\({count}\) Study "))
     bar = page.locator("#new-flags")
@@ -363,8 +386,37 @@ def test_a_flag_arriving_while_a_study_is_open_counts_in_the_title_and_alerts_th
     site.flag_new("ELSEWHERE^AGAIN")
     expect(bar).to_have_text("▲ 2 new flagged studies — back to the worklist")
     expect(page).to_have_title(re.compile(rf"^\({count + 2}\) Study "))
-    bar.get_by_role("link").click()
-    expect(page).to_have_title(re.compile(rf"^\({count + 2}\) Worklist"))
+    page.wait_for_function("() => window.__notes.length === 2")
+
+    # The tab is hidden: with alerts on, the poll goes on and a new flag still raises its notification.
+    _set_hidden(page, True)
+    hidden_from = len(requests)
+    site.flag_new("ELSEWHERE^HIDDEN")
+    page.wait_for_function("() => window.__notes.length === 3")
+    expect(page).to_have_title(re.compile(rf"^\({count + 3}\) Study "))
+    assert page.evaluate("window.__notes[2].title") == "cxr-triage: 1 new flagged study"
+    while_hidden = [path for kind, path in requests[hidden_from:] if kind in ("fetch", "xhr")]
+    assert while_hidden and set(while_hidden) == {version_path}, while_hidden  # the study unchanged: no page fetch
+
+    # The study itself changes while the tab is hidden (read at another workstation): a fetched study is an audited
+    # view, so the page is fetched only when the reader looks again.
+    with site.sessions.begin() as session:
+        assert set_read(session, opened, read=True, actor="elsewhere") is not None
+    for _ in range(2):  # polls that begin after the change, so see the new version
+        with page.expect_request(lambda request: urlsplit(request.url).path == version_path):
+            pass
+    assert [path for _, path in requests].count(study_path) == 1
+    with page.expect_request(lambda request: urlsplit(request.url).path == study_path):
+        _set_hidden(page, False)
+
+    # All along, one URL polled: the study's version, never the worklist's; the page fetched at its load and once
+    # the reader looked again.
+    polled = [path for kind, path in requests if kind in ("fetch", "xhr") and path != study_path]
+    assert polled.count(version_path) >= 3 and set(polled) == {version_path}, sorted(set(polled))
+    assert [path for _, path in requests].count(study_path) == 2
+    with page.expect_request(lambda request: urlsplit(request.url).path == "/api/worklist/version"):
+        bar.get_by_role("link").click()  # the worklist page polls its own version (which the record would show)
+    expect(page).to_have_title(re.compile(rf"^\({count + 3}\) Worklist"))
 
 
 # --- keyboard, rows and the viewer --------------------------------------------------------------------------------

@@ -140,12 +140,16 @@ def api_worklist_version(_who: Identity, db: Db) -> dict[str, str | int]:
 
 @router.get("/studies/{study_uid}/version", response_model=schemas.StudyVersion, responses=NOT_FOUND,
             tags=["studies"], operation_id="getStudyVersion",
-            summary="A token that changes when the study's result, read state or images may have changed")
-def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, str]:
+            summary="A token that changes when the study's result, read state or images may have changed (and the "
+                    "worklist's unread flagged count)")
+def api_study_version(study_uid: StudyUid, _who: Identity, db: Db) -> dict[str, str | int]:
+    """What an open study page polls, once per interval: ``version`` tells it when to fetch the page again, and
+    ``unread_flagged`` (the same count as ``GET /api/worklist/version`` gives: the whole worklist, no filter) tells it
+    when flags were raised elsewhere, for the tab title and the new-flag alerts."""
     version = study_version(db, study_uid)
     if version is None:
         raise Problem(404, "study not found")
-    return {"version": version}
+    return {"version": version, "unread_flagged": worklist_total(db, UNREAD_FLAGGED)}
 
 
 @router.get("/studies/{study_uid}", response_model=schemas.StudyDetail, responses=NOT_FOUND,

@@ -95,14 +95,18 @@ class Worklist(BaseModel):
     items: list[WorklistItem] = Field(description="This page's studies, in the order asked for")
 
 
+UNREAD_FLAGGED = Field(description="Unread flagged studies on the whole worklist (no filter): what the pages' tab "
+                       "title and new-flag alerts count", examples=[3], ge=0)
+
+
 class WorklistVersion(BaseModel):
     version: str = Field(description="Changes whenever anything on the worklist may have changed")
-    unread_flagged: int = Field(description="Unread flagged studies on the whole worklist (no filter): what the "
-                                "pages' tab title and new-flag alerts count", examples=[3], ge=0)
+    unread_flagged: int = UNREAD_FLAGGED
 
 
 class StudyVersion(BaseModel):
     version: str = Field(description="Changes whenever anything on the study's page may have changed")
+    unread_flagged: int = UNREAD_FLAGGED
 
 
 class InstanceItem(BaseModel):

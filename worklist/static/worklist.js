@@ -118,6 +118,9 @@
 
   // Poll the page's version token (data-version-url on #live-status); when it changes, fetch this page again and
   // hand the fresh copy of the region to `apply`. Only a change costs a page fetch (and, for a study, an audit row).
+  // options.whileHidden(): poll on while the tab is hidden (the page is still fetched only on a change);
+  // options.fetchOnlyWhenVisible: while hidden, never fetch the page (a change is fetched when the tab shows again);
+  // options.onVersion(body): each version answer, parsed (the study page reads its alerts' count from it).
   // Returns refresh(force): check now (force: fetch the page even if the token looks unchanged).
   function pollForChanges(regionId, apply, options) {
     var region = document.getElementById(regionId);
@@ -139,8 +142,14 @@
           return;
         }
         if (!check.ok) return;
-        var current = (await check.json()).version;
+        var body = await check.json();
+        if (options && options.onVersion) {
+          try { options.onVersion(body); } catch (error) { /* the alerts' trouble never stops the page's updates */ }
+        }
+        var current = body.version;
         if (current === version && force !== true) return;
+        // A study fetched is a study viewed (audited): a hidden study page waits until the reader looks again.
+        if (document.hidden && options && options.fetchOnlyWhenVisible) return;
         var page = await fetch(window.location.href, {
           credentials: "same-origin", cache: "no-store", headers: { Accept: "text/html" } });
         if (!page.ok) return;
@@ -492,7 +501,9 @@
     });
   }
 
-  function setupLiveStudy() {
+  // One poll of the study's version (GET /api/studies/{uid}/version) a tick: it refreshes the page when the study
+  // changes and feeds the new-flag alerts (`studyAlerts`, from setupStudyAlerts) the worklist's count it carries.
+  function setupLiveStudy(studyAlerts) {
     pollForChanges("study-region", function (region, fresh) {
       var active = document.activeElement;
       var focusedId = active && region.contains(active) ? active.id : "";
@@ -501,51 +512,40 @@
       var again = focusedId ? document.getElementById(focusedId) : null;
       if (again) again.focus({ preventScroll: true });
       return "Study updated at " + now() + ".";
-    });
+    }, studyAlerts ? { whileHidden: studyAlerts.enabled, onVersion: studyAlerts.onVersion,
+                       fetchOnlyWhenVisible: true } : undefined);
   }
 
-  // While a study is open, flags raised elsewhere still reach the reader: the worklist's count of unread flagged
-  // studies is polled; a rise updates the tab title, shows "N new flagged — back to the worklist" and fires the same
-  // alerts as the list (notification, sound). A count, not a list: a flag raised while another is read in the same
-  // poll interval is not announced here, but the list shows it first.
+  // While a study is open, flags raised elsewhere still reach the reader: the study's version poll carries the
+  // worklist's count of unread flagged studies (unread_flagged); a rise updates the tab title, shows "N new flagged —
+  // back to the worklist" and fires the same alerts as the list (notification, sound). A count, not a list: a flag
+  // raised while another is read in the same poll interval is not announced here, but the list shows it first.
+  // Returns { enabled, onVersion } for setupLiveStudy's poll (which runs while hidden when alerts are enabled), or
+  // null off the study page.
   function setupStudyAlerts() {
     var bar = document.getElementById("new-flags"), link = document.getElementById("new-flags-link");
-    var text = document.getElementById("new-flags-text"), live = document.getElementById("live-status");
-    if (!document.body.classList.contains("page-study") || !bar || !link || !text || !bar.dataset.flagsUrl ||
-        !window.fetch) return;
+    var text = document.getElementById("new-flags-text");
+    if (!document.body.classList.contains("page-study") || !bar || !link || !text) return null;
     var back = document.getElementById("back-link");
     if (back) link.href = back.href;  // the list the reader came from, in its order
     var alerts = setupAlerts();
-    var interval = parseInt(live && live.dataset.pollMs, 10) || 2000;
-    var last = parseInt(bar.dataset.unreadFlagged, 10) || 0, fresh = 0, busy = false;
+    var last = parseInt(bar.dataset.unreadFlagged, 10) || 0, fresh = 0;
     titleCount(last);
 
-    async function check() {
-      if (busy || (document.hidden && !alerts.enabled())) return;
-      busy = true;
-      try {
-        var response = await fetch(bar.dataset.flagsUrl, {
-          credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
-        if (!response.ok) return;
-        var count = (await response.json()).unread_flagged;
-        if (typeof count !== "number") return;
-        if (count > last) {
-          fresh += count - last;
-          text.textContent = plural(fresh, "new flagged study", "new flagged studies");
-          bar.hidden = false;
-          announce(plural(count - last, "new flagged study", "new flagged studies") + " on the worklist.");
-          alerts.fire(count - last, function () { window.location.assign(link.href); });
-        }
-        last = count;
-        titleCount(count);
-      } catch (error) {
-        /* a network hiccup: the next tick tries again */
-      } finally {
-        busy = false;
+    function onVersion(body) {
+      var count = body ? body.unread_flagged : undefined;
+      if (typeof count !== "number") return;
+      if (count > last) {
+        fresh += count - last;
+        text.textContent = plural(fresh, "new flagged study", "new flagged studies");
+        bar.hidden = false;
+        announce(plural(count - last, "new flagged study", "new flagged studies") + " on the worklist.");
+        alerts.fire(count - last, function () { window.location.assign(link.href); });
       }
+      last = count;
+      titleCount(count);
     }
-    window.setInterval(check, interval);
-    document.addEventListener("visibilitychange", function () { if (!document.hidden) check(); });
+    return { enabled: alerts.enabled, onVersion: onVersion };
   }
 
   // The study page's keys: j / k the next and previous study of the list the reader came from, v the viewer,
@@ -575,8 +575,7 @@
     setupHeatmapToggles(document);
     setupZoom();
     setupLiveWorklist();
-    setupLiveStudy();
-    setupStudyAlerts();
+    setupLiveStudy(setupStudyAlerts());
     setupStudyKeys();
   });
 })();
