@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.orm import Session
@@ -79,13 +80,20 @@ def expired(session: Session, *, cutoff: datetime, limit: int = 500, after_id: i
             keep_report_due: bool = False) -> list[ExpiredInstance]:
     """Up to ``limit`` expired instances with an id above ``after_id``, in id order (a batch; page on with the last
     id)."""
-    rows = session.execute(
-        select(Instance.id, Instance.sop_instance_uid, Study.study_instance_uid, Instance.spool_path,
-               Instance.preview_path, Instance.heatmap_path, Instance.display_path)
-        .join(Study, Study.id == Instance.study_id)
-        .where(Instance.id > after_id, _expired(cutoff, keep_report_due=keep_report_due))
-        .order_by(Instance.id).limit(limit)).all()
+    rows = _page(session, _expired(cutoff, keep_report_due=keep_report_due), limit=limit, after_id=after_id)
     return [ExpiredInstance(*row) for row in rows]
+
+
+def _page(session: Session, condition: ColumnElement[bool], *, limit: int, after_id: int,
+          also: tuple[Any, ...] = ()) -> Sequence[Any]:
+    """One batch of the instances meeting ``condition``, in id order after ``after_id``: the ExpiredInstance fields
+    (then ``also``)."""
+    return session.execute(
+        select(Instance.id, Instance.sop_instance_uid, Study.study_instance_uid, Instance.spool_path,
+               Instance.preview_path, Instance.heatmap_path, Instance.display_path, *also)
+        .join(Study, Study.id == Instance.study_id)
+        .where(Instance.id > after_id, condition)
+        .order_by(Instance.id).limit(limit)).all()
 
 
 def mark_purged(session: Session, instances: Sequence[ExpiredInstance], *, cutoff: datetime, now: datetime,
@@ -119,12 +127,7 @@ def _pending() -> ColumnElement[bool]:
 def pending(session: Session, *, limit: int = 500, after_id: int = 0) -> list[PendingInstance]:
     """Up to ``limit`` instances marked purged whose files were not recorded deleted, with an id above ``after_id``,
     in id order (a batch, like ``expired``)."""
-    rows = session.execute(
-        select(Instance.id, Instance.sop_instance_uid, Study.study_instance_uid, Instance.spool_path,
-               Instance.preview_path, Instance.heatmap_path, Instance.display_path, Instance.purged_at)
-        .join(Study, Study.id == Instance.study_id)
-        .where(Instance.id > after_id, _pending())
-        .order_by(Instance.id).limit(limit)).all()
+    rows = _page(session, _pending(), limit=limit, after_id=after_id, also=(Instance.purged_at,))
     return [_pending_instance(*row) for row in rows]
 
 
